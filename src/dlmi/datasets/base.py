@@ -1,0 +1,92 @@
+"""What a dataset plugin provides: a list of samples and a way to read one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from dlmi.errors import DlmiError
+from dlmi.imageio import read_grey, read_mask
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a dataset.
+
+    ``key`` is the sample's stable identity, ``class/file`` relative to the data folder (it is what split
+    files list). ``mask_paths`` is empty for an image without a mask file; whether that means "empty mask"
+    or "no mask" is the source's ``has_masks`` flag.
+    """
+
+    key: str
+    label: int
+    image_path: Path | None = None
+    mask_paths: tuple[Path, ...] = ()
+
+
+@runtime_checkable
+class DatasetSource(Protocol):
+    """The protocol every dataset plugin follows.
+
+    Attributes:
+        name: the registered name.
+        classes: class names, index = label.
+        normal_class: the class that means "no finding" (``None`` if there is none).
+        has_masks: whether samples carry segmentation masks.
+        needs_data_dir: whether ``samples`` reads a folder (False for generated data).
+    """
+
+    name: str
+    classes: tuple[str, ...]
+    normal_class: str | None
+    has_masks: bool
+    needs_data_dir: bool
+
+    def samples(self, data_dir: Path | None) -> list[Sample]:
+        """All samples, in a stable order; a one-line :class:`DlmiError` for a folder of the wrong layout."""
+        ...
+
+    def load(self, sample: Sample) -> tuple[np.ndarray, np.ndarray | None]:
+        """The sample's image as uint8 (H, W) greyscale and its mask as bool (H, W) (``None`` without masks)."""
+        ...
+
+
+class FileDataset:
+    """Base for sources that read images (and masks) from files; subclasses implement ``samples``."""
+
+    name: str = ""
+    classes: tuple[str, ...] = ()
+    normal_class: str | None = None
+    has_masks: bool = False
+    needs_data_dir: bool = True
+    expected_layout: str = ""
+
+    def samples(self, data_dir: Path | None) -> list[Sample]:
+        raise NotImplementedError
+
+    def load(self, sample: Sample) -> tuple[np.ndarray, np.ndarray | None]:
+        if sample.image_path is None:
+            raise DlmiError(f"{sample.key}: sample has no image file")
+        image = read_grey(sample.image_path)
+        if not self.has_masks:
+            return image, None
+        height, width = image.shape
+        if not sample.mask_paths:
+            return image, np.zeros((height, width), dtype=bool)
+        return image, read_mask(sample.mask_paths, size=(width, height))
+
+    def check_data_dir(self, data_dir: Path | None) -> Path:
+        """The data folder, or a one-line error saying what layout was expected."""
+        if data_dir is None:
+            raise DlmiError(f"dataset {self.name!r} needs --data-dir ({self.expected_layout})")
+        data_dir = Path(data_dir)
+        if not data_dir.is_dir():
+            raise DlmiError(f"{data_dir}: not a folder; dataset {self.name!r} expects {self.expected_layout}")
+        return data_dir
+
+    @property
+    def normal_index(self) -> int | None:
+        return self.classes.index(self.normal_class) if self.normal_class is not None else None

@@ -1,0 +1,73 @@
+"""The shared loader: any dataset source's samples as resized 0–1 tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from dlmi.datasets.base import DatasetSource, Sample
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize of a uint8 (H, W) image to (size, size)."""
+    if image.shape == (size, size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """Nearest-neighbour resize of a bool (H, W) mask to (size, size)."""
+    if mask.shape == (size, size):
+        return mask
+    as_u8 = Image.fromarray(mask.astype(np.uint8) * 255)
+    return np.asarray(as_u8.resize((size, size), Image.Resampling.NEAREST)) > 127
+
+
+class ImageDataset(Dataset):
+    """Samples of a source as ``{"image": (1,S,S) float 0–1, "label": long, "mask": (1,S,S) float, "index"}``.
+
+    ``transform(image, mask)`` (tensors) runs after resizing, for joint augmentation.
+    """
+
+    def __init__(
+        self,
+        source: DatasetSource,
+        samples: Sequence[Sample],
+        image_size: int,
+        transform: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> None:
+        self.source = source
+        self.samples = list(samples)
+        self.image_size = image_size
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load_resized(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 image and bool mask at the model's size (an all-false mask when the source has none)."""
+        image, mask = self.source.load(self.samples[index])
+        image = resize_image(image, self.image_size)
+        if mask is None:
+            mask = np.zeros((self.image_size, self.image_size), dtype=bool)
+        else:
+            mask = resize_mask(mask, self.image_size)
+        return image, mask
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image, mask = self.load_resized(index)
+        image_t = torch.from_numpy(image.astype(np.float32) / 255.0)[None]
+        mask_t = torch.from_numpy(mask.astype(np.float32))[None]
+        if self.transform is not None:
+            image_t, mask_t = self.transform(image_t, mask_t)
+        return {
+            "image": image_t,
+            "mask": mask_t,
+            "label": torch.tensor(self.samples[index].label, dtype=torch.long),
+            "index": index,
+        }

@@ -1,0 +1,1 @@
+"""Losses: the built-in segmentation losses."""

@@ -1,0 +1,1 @@
+"""Models: the built-in model plugins and the layer-table summary."""
