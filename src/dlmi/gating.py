@@ -19,6 +19,5 @@ def is_normal(class_logits: torch.Tensor, normal_index: int) -> torch.Tensor:
 
 def gate_logits(seg_logits: torch.Tensor, gated: torch.Tensor) -> torch.Tensor:
     """Replace the (N,1,H,W) logits of gated images by :data:`EMPTY_LOGIT` (a constant: no gradient flows)."""
-    keep = (~gated).to(seg_logits.dtype).view(-1, *([1] * (seg_logits.dim() - 1)))
-    empty = torch.full_like(seg_logits, EMPTY_LOGIT)
-    return seg_logits * keep + empty * (1 - keep)
+    mask = gated.view(-1, *([1] * (seg_logits.dim() - 1)))
+    return torch.where(mask, torch.full_like(seg_logits, EMPTY_LOGIT), seg_logits)
