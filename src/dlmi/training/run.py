@@ -1,0 +1,147 @@
+"""A trained model read back from a run folder or a checkpoint file, rebuilt from its ``meta``.
+
+The checkpoint's ``meta`` (see ``docs/architecture.md``) is enough to rebuild the model through the registry,
+so a single ``.pt`` file can be evaluated, exported or used for prediction without its ``config.json``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dlmi.errors import DlmiError
+from dlmi.training.checkpoint import load_checkpoint
+
+BEST_CHECKPOINT = "best.pt"
+LAST_CHECKPOINT = "last.pt"
+TASKS = ("classification", "segmentation")
+META_KEYS = (
+    "task", "model", "model_options", "num_classes", "classes", "normal_class",
+    "image_size", "dataset", "threshold", "dlmi_version", "run_dir",
+)
+
+
+@dataclass
+class Trained:
+    """A trained model in eval mode, the checkpoint's ``meta``, and where it came from."""
+
+    model: nn.Module
+    meta: dict[str, Any]
+    checkpoint: Path
+    run_dir: Path | None
+
+    @property
+    def task(self) -> str:
+        return str(self.meta["task"])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.meta["image_size"])
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta.get("classes") or [])
+
+    @property
+    def normal_index(self) -> int | None:
+        """Index of the normal class (classifiers of a dataset with a normal class), else ``None``."""
+        normal = self.meta.get("normal_class")
+        classes = self.classes
+        return classes.index(normal) if normal is not None and normal in classes else None
+
+    @property
+    def threshold(self) -> float:
+        return float(self.meta.get("threshold", 0.5))
+
+
+def build_meta(
+    *,
+    task: str,
+    model: str,
+    model_options: dict[str, Any],
+    num_classes: int,
+    classes: list[str] | tuple[str, ...],
+    normal_class: str | None,
+    image_size: int,
+    dataset: str,
+    run_dir: str | os.PathLike[str] | None,
+    threshold: float = 0.5,
+) -> dict[str, Any]:
+    """The checkpoint ``meta`` of the run-folder contract, JSON-able values only."""
+    from dlmi import __version__
+
+    if task not in TASKS:
+        raise DlmiError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    return {
+        "task": task,
+        "model": model,
+        "model_options": dict(model_options),
+        "num_classes": int(num_classes),
+        "classes": [str(c) for c in classes],
+        "normal_class": normal_class,
+        "image_size": int(image_size),
+        "dataset": dataset,
+        "threshold": float(threshold),
+        "dlmi_version": __version__,
+        "run_dir": str(run_dir) if run_dir is not None else None,
+    }
+
+
+def build_model(meta: dict[str, Any]) -> nn.Module:
+    """A fresh (untrained) model of the kind ``meta`` describes, from the registry."""
+    from dlmi.plugins import create_model
+
+    task = meta["task"]
+    options = dict(meta.get("model_options") or {})
+    if task == "classification":
+        return create_model(meta["model"], num_classes=int(meta["num_classes"]),
+                            image_size=int(meta["image_size"]), **options)
+    if task == "segmentation":
+        return create_model(meta["model"], in_channels=1, out_channels=1, **options)
+    raise DlmiError(f"unknown task {task!r} in checkpoint meta; expected one of {', '.join(TASKS)}")
+
+
+def resolve_checkpoint(path: str | os.PathLike[str], name: str = BEST_CHECKPOINT) -> tuple[Path, Path | None]:
+    """(checkpoint file, run folder or ``None``) for a run folder (its ``name``) or a ``.pt`` file."""
+    path = Path(path)
+    if path.is_dir():
+        checkpoint = path / name
+        if not checkpoint.is_file():
+            raise DlmiError(f"{path}: not a run folder (no {name}); train one with `dlmi train ... --out {path}`")
+        return checkpoint, path
+    if path.is_file():
+        parent = path.parent
+        is_run = (parent / "config.json").is_file() or (parent / "metrics.jsonl").is_file()
+        return path, parent if is_run else None
+    raise DlmiError(f"{path}: no such run folder or checkpoint file")
+
+
+def load_trained(
+    path: str | os.PathLike[str],
+    *,
+    checkpoint_name: str = BEST_CHECKPOINT,
+    map_location: str | torch.device = "cpu",
+) -> Trained:
+    """Load a run folder (its ``best.pt``) or a ``.pt`` file as a :class:`Trained` model in eval mode."""
+    checkpoint, run_dir = resolve_checkpoint(path, checkpoint_name)
+    payload = load_checkpoint(checkpoint, map_location=map_location)
+    meta = payload.get("meta")
+    if not isinstance(meta, dict):
+        raise DlmiError(f"{checkpoint}: checkpoint has no 'meta' dict; it was not written by dlmi train")
+    missing = [k for k in ("task", "model", "image_size") if k not in meta]
+    if missing:
+        raise DlmiError(f"{checkpoint}: checkpoint meta lacks {', '.join(missing)}")
+    model = build_model(meta)
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise DlmiError(f"{checkpoint}: weights do not fit model {meta['model']!r} ({first})") from None
+    model.to(map_location)
+    model.eval()
+    return Trained(model=model, meta=dict(meta), checkpoint=checkpoint, run_dir=run_dir)
