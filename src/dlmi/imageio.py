@@ -1,4 +1,9 @@
-"""Reading images and masks from disk: any common mode in, 8-bit greyscale or a boolean mask out."""
+"""Reading images and masks from disk: any common mode in, 8-bit greyscale or a boolean mask out.
+
+Images: grey, RGB, RGBA/LA (composited on black), palette, 1-bit, 16-bit and float files all become uint8
+(H, W); 16-bit and float images are stretched from their own minimum to maximum. Masks: any mode becomes
+bool (H, W), see :func:`binarise_mask`. Every failure is a one-line :class:`DlmiError` naming the file.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ from dlmi.atomic import write_atomic
 from dlmi.errors import DlmiError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
 def is_image_file(path: Path) -> bool:
@@ -30,78 +37,134 @@ def _open(path: Path) -> Image.Image:
         return image
     except FileNotFoundError:
         raise DlmiError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DlmiError(f"{path}: is a folder, not an image file") from None
     except UnidentifiedImageError:
         raise DlmiError(f"{path}: not a readable image (unknown or corrupt format)") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise DlmiError(f"{path}: cannot read image ({exc})") from None
+    except _READ_ERRORS as exc:
+        raise DlmiError(f"{path}: cannot read image ({_one_line(exc)})") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _stretch(array: np.ndarray) -> np.ndarray:
+    """Map an array's own min..max onto 0..255 (a constant array becomes all zeros)."""
+    array = array.astype(np.float64)
+    lo, hi = float(array.min()), float(array.max())
+    if not hi > lo:
+        return np.zeros(array.shape, dtype=np.uint8)
+    return np.clip(np.rint((array - lo) / (hi - lo) * 255.0), 0, 255).astype(np.uint8)
 
 
 def to_grey(image: Image.Image) -> np.ndarray:
     """Convert a PIL image of any mode to an 8-bit greyscale array (H, W)."""
     mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        if array.ndim == 3:
-            array = array.mean(axis=2)
-        lo, hi = float(array.min()), float(array.max())
-        scaled = (array - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(array)
-        return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    if mode in WIDE_MODES:
+        array = np.asarray(image)
+        return _stretch(array.mean(axis=2) if array.ndim == 3 else array)
     if mode == "1":
         return np.asarray(image.convert("L"), dtype=np.uint8)
     if mode in ("P", "PA"):
         image = image.convert("RGBA")
         mode = "RGBA"
-    if mode in ("RGBA", "LA"):
+    if mode in ("RGBA", "LA", "RGBa", "La"):
         # Composite on black: transparent pixels carry no image content.
         background = Image.new("RGBA", image.size, (0, 0, 0, 255))
         image = Image.alpha_composite(background, image.convert("RGBA"))
     return np.asarray(image.convert("L"), dtype=np.uint8)
 
 
+def binarise_mask(image: Image.Image) -> np.ndarray:
+    """A mask image of any mode as bool (H, W).
+
+    A pixel is lesion where its brightest channel (after alpha and palette) is above half the mode's
+    range, so JPEG ringing around a 0/255 mask does not count. A mask whose values all lie in the lower
+    half (a 0/1 or 0/1/2 label map) counts every non-zero pixel instead.
+    """
+    if image.mode == "1":
+        return np.asarray(image, dtype=bool)
+    if image.mode in WIDE_MODES:
+        values = np.asarray(image).astype(np.float64)
+        if values.ndim == 3:
+            values = values.max(axis=2)
+        half = 0.5 if image.mode == "F" else (127.5 if float(values.max(initial=0)) <= 255 else 32767.5)
+    else:
+        if image.mode in ("P", "PA", "RGBA", "LA", "RGBa", "La"):
+            rgba = image.convert("RGBA")
+            background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+            image = Image.alpha_composite(background, rgba).convert("RGB")
+        elif image.mode not in ("L", "RGB"):
+            image = image.convert("RGB")
+        values = np.asarray(image)
+        if values.ndim == 3:
+            values = values.max(axis=2)
+        half = 127.5
+    if float(values.max(initial=0)) < half:
+        return values > 0
+    return values > half
+
+
 def read_grey(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an image file as 8-bit greyscale (H, W); a one-line :class:`DlmiError` on failure."""
-    return to_grey(_open(Path(path)))
+    path = Path(path)
+    image = _open(path)
+    try:
+        return to_grey(image)
+    except (ValueError, OSError) as exc:
+        raise DlmiError(f"{path}: cannot convert image mode {image.mode} to grey ({_one_line(exc)})") from None
 
 
 def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     """(width, height) of an image file, reading only its header."""
     path = Path(path)
     try:
-        with Image.open(path) as image:
-            return image.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return image.size
     except FileNotFoundError:
         raise DlmiError(f"{path}: file not found") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DlmiError(f"{path}: not a readable image ({exc})") from None
+    except IsADirectoryError:
+        raise DlmiError(f"{path}: is a folder, not an image file") from None
+    except UnidentifiedImageError:
+        raise DlmiError(f"{path}: not a readable image (unknown or corrupt format)") from None
+    except _READ_ERRORS as exc:
+        raise DlmiError(f"{path}: not a readable image ({_one_line(exc)})") from None
 
 
 def read_mask(
     paths: Sequence[str | os.PathLike[str]], size: tuple[int, int] | None = None
 ) -> np.ndarray:
-    """OR-merge one or more mask files into a boolean array (H, W).
+    """OR-merge one or more mask files into a boolean array (H, W), each binarised by :func:`binarise_mask`.
 
-    Any mode is binarised: a pixel is lesion where its greyscale value is above 127 (so JPEG
-    ringing around a 0/255 mask does not count). ``size`` is the image's (width, height); a mask of
-    another size is an error naming the file.
+    ``size`` is the image's (width, height); a mask of another size is an error naming the file.
     """
     if not paths:
         raise DlmiError("read_mask needs at least one mask file")
     merged: np.ndarray | None = None
+    reference = "its image" if size is not None else ""
     for raw in paths:
         path = Path(raw)
         image = _open(path)
         if size is not None and image.size != tuple(size):
             raise DlmiError(
-                f"{path}: mask is {image.size[0]}x{image.size[1]} but its image is {size[0]}x{size[1]}"
+                f"{path}: mask is {image.size[0]}x{image.size[1]} but {reference} is {size[0]}x{size[1]}"
             )
-        mask = to_grey(image) > 127 if image.mode != "1" else np.asarray(image, dtype=bool)
+        try:
+            mask = binarise_mask(image)
+        except (ValueError, OSError) as exc:
+            raise DlmiError(f"{path}: cannot read mode {image.mode} as a mask ({_one_line(exc)})") from None
         merged = mask if merged is None else (merged | mask)
-        size = image.size
+        if not reference:
+            reference, size = str(path), image.size
     assert merged is not None
     return merged
 
 
 def write_png_atomic(array: np.ndarray, path: str | os.PathLike[str]) -> Path:
-    """Write an array as PNG through a temporary file and an atomic rename."""
+    """Write an array as PNG through a temporary file and an atomic rename (bool arrays as 1-bit PNG)."""
     image = Image.fromarray(array)
     return write_atomic(path, lambda handle: image.save(handle, format="PNG"))

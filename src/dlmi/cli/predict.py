@@ -1,21 +1,55 @@
-"""``dlmi predict``: filled in by a later change."""
+"""``dlmi predict``: masks (and, with ``--aided``, classes) for every image under a folder."""
 
 from __future__ import annotations
 
-import typer
+from pathlib import Path
 
-from dlmi.errors import DlmiError
+import typer
 
 
 def predict_command(
-    folder: str = typer.Argument(..., help="Folder of images."),
-    aided: bool = typer.Option(False, "--aided", help="Gate the U-Net with the classifier."),
+    folder: Path = typer.Argument(..., help="Folder of images, searched recursively (png/jpg/jpeg/bmp/tif)."),
+    aided: bool = typer.Option(False, "--aided", help="Two-stage: the classifier's 'normal' empties the mask."),
+    models: list[Path] | None = typer.Option(
+        None, "--models",
+        help="onnx: the export folder (default exported/). torch: run folders or .pt files (repeat the "
+             "option), or an export folder (its export.json names the checkpoints).",
+    ),
+    out: Path = typer.Option(Path("predictions"), "--out", help="Output folder (skipped if inside FOLDER)."),
+    provider: str = typer.Option("auto", "--provider", help="auto, cuda or cpu."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Images (or tiles) per model call."),
+    threshold: float | None = typer.Option(
+        None, "--threshold", help="Lesion probability threshold (default: the segmenter's own)."
+    ),
+    backend: str = typer.Option("onnx", "--backend", help="onnx (onnxruntime) or torch (the checkpoints)."),
+    tile: bool = typer.Option(
+        False, "--tile", help="Segment at full resolution in overlapping tiles of the model's size, blended."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo images already predicted in OUT."),
+    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads (0: the runtime's default)."),
 ) -> None:
-    """Two-stage inference over a folder (not implemented yet).
+    """Predict a lesion mask for every image under FOLDER: a mask PNG at the image's size, an overlay
+    PNG, and predictions.csv / predictions.json in OUT. With --aided, the classifier runs first and
+    its 'normal' verdict empties the mask. A file that cannot be read is named and skipped (exit 1).
 
-    Example: `dlmi predict --aided scans/`
+    Example: `dlmi predict --aided scans/ --models exported/ --out predictions/`
     """
-    raise DlmiError("dlmi predict is not implemented yet")
+    from dlmi.inference.folder import PredictSettings, predict_folder
+    from dlmi.inference.predictor import open_predictor
+
+    predictor = open_predictor(models or [], backend=backend, provider=provider, aided=aided, tile=tile,
+                               threads=threads or None)
+    typer.echo(f"running on: {predictor.running_on}")
+    settings = PredictSettings(aided=aided, tile=tile, threshold=threshold, batch_size=batch_size,
+                               overwrite=overwrite)
+    summary = predict_folder(folder, out, predictor, settings, log=lambda m: typer.echo(f"dlmi: {m}", err=True))
+    typer.echo(
+        f"{summary.total} images: {summary.predicted} predicted, {summary.skipped} already done, "
+        f"{len(summary.failed)} failed"
+    )
+    typer.echo(f"outputs: {summary.out}/masks, {summary.out}/overlays, {summary.csv}, {summary.json}")
+    if summary.failed:
+        raise typer.Exit(1)
 
 
 def install(app: typer.Typer) -> None:

@@ -1,14 +1,169 @@
-"""``dlmi train``: filled in by a later change."""
+"""``dlmi train classifier|segmenter``: a thin layer over :mod:`dlmi.training`."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
 
 import typer
 
 from dlmi.errors import DlmiError
 
-app = typer.Typer(help="train (not implemented yet).", no_args_is_help=True)
+app = typer.Typer(help="Train a classifier or a (classifier-aided) segmenter into a run folder.",
+                  no_args_is_help=True)
+
+# Help texts shared by both commands.
+H_DATASET = "Registered dataset name (see `dlmi plugins`)."
+H_DATA_DIR = "The dataset's folder (not needed for generated data such as `synthetic`)."
+H_OUT = "Run folder to create (config, split, metrics.jsonl, best.pt, last.pt, curves)."
+H_SIZE = "Square input size in pixels. [default: 512, the seed's]"
+H_EPOCHS = "Number of epochs. [default: 30]"
+H_BATCH = "Batch size. [default: 8]"
+H_WD = "Weight decay."
+H_BASE = "Model width: the model's `base_channels` option. [default: the model's own]"
+H_DEVICE = "auto (GPU when available), cpu, cuda or cuda:N. [default: auto]"
+H_SEED = "Seed for weights, order and augmentation; same seed on CPU → same weights. [default: 0]"
+H_WORKERS = "Data-loading worker processes. [default: 0]"
+H_SPLIT = "Split file (from `dlmi data split`); without it a default split is made and saved in the run."
+H_SCHED = "Learning-rate schedule: none or cosine. [default: none]"
+H_BALANCE = "Class balance: none, sampler (class-balanced draws) or weights (CE weights). [default: none]"
+H_AUGMENT = "Joint image/mask augmentation: horizontal flip, small affine, brightness/contrast."
+H_OPTION = "Extra model option KEY=VALUE (VALUE read as JSON when it parses), repeatable."
+H_RESUME = "Continue the interrupted run in this folder (other settings come from its config.json)."
+H_QUIET = "No progress output."
 
 
-@app.command("placeholder", hidden=True)
-def _placeholder() -> None:
-    raise DlmiError("dlmi train is not implemented yet")
+def _parse_options(pairs: list[str] | None) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise DlmiError(f"--model-option {pair!r}: expected KEY=VALUE")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def _run(task: str, settings: dict[str, Any], resume: Path | None) -> None:
+    from dlmi.training.config import TrainConfig
+    from dlmi.training.runner import resume_training, train
+
+    if resume is not None:
+        from dlmi.training.run_dir import RunFolder
+
+        saved = TrainConfig.load(RunFolder(resume).config)
+        if saved.task != task:
+            command = "classifier" if saved.task == "classification" else "segmenter"
+            raise DlmiError(
+                f"{resume}: is a {saved.task} run; resume it with `dlmi train {command} --resume {resume}`"
+            )
+        overrides = {k: v for k, v in settings.items() if v not in (None, False, {})}
+        if "out" in overrides and Path(overrides["out"]).resolve() != resume.resolve():
+            raise DlmiError(f"--out {overrides['out']}: --resume continues {resume} in place; drop --out")
+        overrides.pop("out", None)
+        run_dir = resume_training(resume, **overrides)
+    else:
+        for required in ("dataset", "out"):
+            if not settings.get(required):
+                raise DlmiError(f"--{required} is required (or --resume RUN_DIR)")
+        config = TrainConfig(task=task, **{k: v for k, v in settings.items() if v is not None})
+        run_dir = train(config)
+    _report(run_dir)
+
+
+def _report(run_dir: Path) -> None:
+    from dlmi.training.run_dir import RunFolder
+
+    rows = RunFolder(run_dir).read_metrics()
+    best = [r for r in rows if r.get("best")]
+    line = f"run folder: {run_dir}"
+    if best:
+        b = best[-1]
+        score = next((f"{k} {b[k]:.4f}" for k in ("val_iou", "val_accuracy") if k in b), "")
+        line += f"  best.pt: epoch {b['epoch']} ({score}, val_loss {b['val_loss']:.4f})"
+    typer.echo(line)
+
+
+@app.command("classifier")
+def classifier_command(
+    dataset: str = typer.Option(None, "--dataset", help=H_DATASET),
+    data_dir: Path = typer.Option(None, "--data-dir", help=H_DATA_DIR),
+    model: str = typer.Option(None, "--model", help="Registered classification model. [default: seed-cnn]"),
+    out: Path = typer.Option(None, "--out", help=H_OUT),
+    loss: str = typer.Option(None, "--loss", help="Registered classification loss. [default: cross-entropy]"),
+    image_size: int = typer.Option(None, "--image-size", help=H_SIZE),
+    epochs: int = typer.Option(None, "--epochs", help=H_EPOCHS),
+    batch_size: int = typer.Option(None, "--batch-size", help=H_BATCH),
+    lr: float = typer.Option(None, "--lr", help="Learning rate (AdamW). [default: 1e-3, the seed's]"),
+    weight_decay: float = typer.Option(None, "--weight-decay", help=f"{H_WD} [default: 1e-5, the seed's]"),
+    base_channels: int = typer.Option(None, "--base-channels", help=H_BASE),
+    model_option: list[str] = typer.Option(None, "--model-option", help=H_OPTION),
+    device: str = typer.Option(None, "--device", help=H_DEVICE),
+    seed: int = typer.Option(None, "--seed", help=H_SEED),
+    workers: int = typer.Option(None, "--workers", help=H_WORKERS),
+    split: Path = typer.Option(None, "--split", help=H_SPLIT),
+    scheduler: str = typer.Option(None, "--scheduler", help=H_SCHED),
+    class_balance: str = typer.Option(None, "--class-balance", help=H_BALANCE),
+    augment: bool = typer.Option(False, "--augment", help=H_AUGMENT),
+    resume: Path = typer.Option(None, "--resume", help=H_RESUME),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=H_QUIET),
+) -> None:
+    """Train a classifier (the seed's CNN by default: AdamW, lr 1e-3, weight decay 1e-5, grad-norm clip 5).
+
+    Example: `dlmi train classifier --dataset synthetic --image-size 128 --epochs 5 --out runs/cls`
+    """
+    settings = dict(
+        dataset=dataset, data_dir=str(data_dir) if data_dir else None, model=model,
+        out=str(out) if out else None, loss=loss, image_size=image_size, epochs=epochs,
+        batch_size=batch_size, lr=lr, weight_decay=weight_decay, base_channels=base_channels,
+        model_options=_parse_options(model_option) or None, device=device, seed=seed, workers=workers,
+        split=str(split) if split else None, scheduler=scheduler, class_balance=class_balance,
+        augment=augment or None, quiet=quiet or None,
+    )
+    _run("classification", settings, resume)
+
+
+@app.command("segmenter")
+def segmenter_command(
+    dataset: str = typer.Option(None, "--dataset", help=H_DATASET),
+    data_dir: Path = typer.Option(None, "--data-dir", help=H_DATA_DIR),
+    model: str = typer.Option(None, "--model", help="Registered segmentation model. [default: unet]"),
+    out: Path = typer.Option(None, "--out", help=H_OUT),
+    loss: str = typer.Option(None, "--loss", help="Registered segmentation loss: dice, bce, mse, dice-bce, … "
+                             "[default: dice]"),
+    aid: Path = typer.Option(None, "--aid", help="Classifier run folder whose *normal* verdict empties the "
+                             "mask (classifier-aided training; same dataset and split required)."),
+    image_size: int = typer.Option(None, "--image-size", help=H_SIZE),
+    epochs: int = typer.Option(None, "--epochs", help=H_EPOCHS),
+    batch_size: int = typer.Option(None, "--batch-size", help=H_BATCH),
+    lr: float = typer.Option(None, "--lr", help="Learning rate (Adam). [default: 1e-3, the seed's]"),
+    weight_decay: float = typer.Option(None, "--weight-decay", help=f"{H_WD} [default: 0, the seed's]"),
+    base_channels: int = typer.Option(None, "--base-channels", help=H_BASE),
+    model_option: list[str] = typer.Option(None, "--model-option", help=H_OPTION),
+    device: str = typer.Option(None, "--device", help=H_DEVICE),
+    seed: int = typer.Option(None, "--seed", help=H_SEED),
+    workers: int = typer.Option(None, "--workers", help=H_WORKERS),
+    split: Path = typer.Option(None, "--split", help=H_SPLIT + " With --aid, the classifier's split."),
+    scheduler: str = typer.Option(None, "--scheduler", help=H_SCHED),
+    class_balance: str = typer.Option(None, "--class-balance",
+                                      help="Class balance: none or sampler (class-balanced draws)."),
+    augment: bool = typer.Option(False, "--augment", help=H_AUGMENT),
+    resume: Path = typer.Option(None, "--resume", help=H_RESUME),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=H_QUIET),
+) -> None:
+    """Train a segmenter (U-Net by default: Adam, lr 1e-3, weight decay 0, grad-norm clip 5), optionally aided.
+
+    Example: `dlmi train segmenter --dataset synthetic --image-size 128 --base-channels 16 --loss dice --aid runs/cls --out runs/seg`
+    """  # noqa: E501
+    settings = dict(
+        dataset=dataset, data_dir=str(data_dir) if data_dir else None, model=model,
+        out=str(out) if out else None, loss=loss, aid=str(aid) if aid else None, image_size=image_size,
+        epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, base_channels=base_channels,
+        model_options=_parse_options(model_option) or None, device=device, seed=seed, workers=workers,
+        split=str(split) if split else None, scheduler=scheduler, class_balance=class_balance,
+        augment=augment or None, quiet=quiet or None,
+    )
+    _run("segmentation", settings, resume)

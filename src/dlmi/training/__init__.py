@@ -1,1 +1,36 @@
-"""Training: the loop, run folders and checkpoints."""
+"""Training: the loop, run folders and checkpoints.
+
+From a notebook::
+
+    from dlmi.training import TrainConfig, train_classifier, train_segmenter, resume_training
+
+    classifier = train_classifier(TrainConfig(task="classification", dataset="synthetic", out="runs/cls",
+                                              image_size=64, epochs=3))
+    segmenter = train_segmenter(TrainConfig(task="segmentation", dataset="synthetic", out="runs/seg",
+                                            image_size=64, epochs=3, base_channels=8, aid=str(classifier)))
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_EXPORTS = {
+    "TrainConfig": "dlmi.training.config",
+    "train": "dlmi.training.runner",
+    "train_classifier": "dlmi.training.runner",
+    "train_segmenter": "dlmi.training.runner",
+    "resume_training": "dlmi.training.runner",
+    "Trained": "dlmi.training.run",
+    "load_trained": "dlmi.training.run",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import lazily, so ``import dlmi.training.run`` does not pull in the whole loop."""
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'dlmi.training' has no attribute {name!r}")

@@ -112,7 +112,9 @@ def resolve_checkpoint(path: str | os.PathLike[str], name: str = BEST_CHECKPOINT
     if path.is_dir():
         checkpoint = path / name
         if not checkpoint.is_file():
-            raise DlmiError(f"{path}: not a run folder (no {name}); train one with `dlmi train ... --out {path}`")
+            raise DlmiError(
+                f"{path}: not a run folder (no {name}); train one with `dlmi train ... --out {path}`"
+            )
         return checkpoint, path
     if path.is_file():
         parent = path.parent

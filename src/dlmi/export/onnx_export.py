@@ -1,0 +1,291 @@
+"""Export trained checkpoints to ONNX: ``classifier.onnx``, ``unet.onnx`` and the one-file ``two_stage.onnx``.
+
+Exporter: ``torch.onnx.export(..., dynamo=True)`` (the torch.export-based exporter, PyTorch's default
+since 2.9) at opset 18. Batch is dynamic everywhere; the U-Net's height and width are dynamic too (it pads
+to a multiple of 16 inside, with shape arithmetic and no branch). The classifier and the two-stage graph
+take a fixed S×S image (the classifier ends in a linear layer of a fixed width).
+
+Every file passes ``onnx.checker.check_model(full_check=True)`` and a parity check against PyTorch
+(:mod:`dlmi.export.parity`) before anything is written; a failure writes nothing and raises a
+:class:`DlmiError`. Files are written atomically, and ``export.json`` records the sources, the parity
+numbers and the versions.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from contextlib import redirect_stdout
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from dlmi.atomic import write_atomic, write_json_atomic
+from dlmi.errors import DlmiError
+from dlmi.export.graphs import AsHalf, ClassifierGraph, SegmenterGraph
+from dlmi.export.metadata import CLASSIFIER, SEGMENTER, TWO_STAGE, build_metadata, set_metadata
+from dlmi.export.parity import ParityResult, check_parity
+from dlmi.export.two_stage import TwoStage
+
+OPSET = 18
+FP32_TOLERANCE = 1e-4
+FP16_TOLERANCE = 1e-2
+INPUT_NAME = "image"
+MANIFEST = "export.json"
+FILE_NAMES = {CLASSIFIER: "classifier", SEGMENTER: "unet", TWO_STAGE: "two_stage"}
+
+
+def file_name(kind: str, precision: str = "fp32") -> str:
+    """``classifier.onnx``, ``unet.onnx``, ``two_stage.onnx`` (``*_fp16.onnx`` for the fp16 variants)."""
+    return FILE_NAMES[kind] + ("_fp16" if precision == "fp16" else "") + ".onnx"
+
+
+ALL_FILE_NAMES = tuple(file_name(k, p) for k in FILE_NAMES for p in ("fp32", "fp16"))
+
+
+def to_onnx(
+    module: nn.Module,
+    example: torch.Tensor,
+    *,
+    dynamic_axes: dict[int, str],
+    output_names: Sequence[str],
+) -> onnx.ModelProto:
+    """``module`` (whose forward takes one ``image`` tensor) as a checked ONNX model."""
+    module = module.eval()
+    dims = {axis: torch.export.Dim(name) for axis, name in dynamic_axes.items()}
+    try:
+        with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module, (example,), dynamo=True, opset_version=OPSET, verbose=False,
+                input_names=[INPUT_NAME], output_names=list(output_names),
+                dynamic_shapes={INPUT_NAME: dims}, optimize=True,
+            )
+    except Exception as exc:  # the exporter's errors are pages long: keep the first line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DlmiError(f"ONNX export of {type(module).__name__} failed: {first}") from exc
+    model = program.model_proto
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@dataclass
+class Source:
+    """One trained network to export: its model in eval mode, its checkpoint meta and file."""
+
+    model: nn.Module
+    meta: dict[str, Any]
+    checkpoint: Path
+
+    @property
+    def image_size(self) -> int:
+        return int(self.meta["image_size"])
+
+    @property
+    def pair(self) -> tuple[dict[str, Any], str]:
+        return self.meta, str(self.checkpoint)
+
+
+def load_source(path: str | os.PathLike[str], task: str) -> Source:
+    """The best checkpoint of a run folder, or a ``.pt`` file, checked to be a ``task`` model."""
+    from dlmi.training.run import load_trained
+
+    trained = load_trained(path)
+    if trained.task != task:
+        option = "--classifier" if task == "classification" else "--segmenter"
+        raise DlmiError(f"{trained.checkpoint}: {option} needs a {task} run, this one is a {trained.task} run")
+    return Source(model=trained.model.float().eval(), meta=trained.meta, checkpoint=trained.checkpoint)
+
+
+def normal_index(classifier: Source) -> int:
+    normal = classifier.meta.get("normal_class")
+    classes = list(classifier.meta.get("classes") or [])
+    if normal is None or normal not in classes:
+        raise DlmiError(
+            f"{classifier.checkpoint}: the classifier has no normal class (classes {classes}), "
+            "so it cannot gate the U-Net in two_stage.onnx"
+        )
+    return classes.index(normal)
+
+
+@dataclass
+class Exported:
+    """One exported file, ready to be written."""
+
+    kind: str
+    precision: str
+    name: str
+    model: onnx.ModelProto
+    parity: ParityResult
+
+
+@dataclass
+class ExportReport:
+    """What ``export_onnx`` wrote and how each file compared with PyTorch."""
+
+    out: Path
+    files: list[Path] = field(default_factory=list)
+    parity: list[ParityResult] = field(default_factory=list)
+    removed: list[Path] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"wrote {p} ({p.stat().st_size / 2**20:.1f} MiB)" for p in self.files]
+        lines += [r.describe() for r in self.parity]
+        lines += [f"removed stale {p} (not part of this export)" for p in self.removed]
+        return "\n".join(lines)
+
+
+def _inputs(rng: np.random.Generator, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
+    return [rng.random(shape, dtype=np.float32) for shape in shapes]
+
+
+def _segmenter_shapes(size: int) -> list[tuple[int, ...]]:
+    """Two batches at two sizes: S×S, and one whose sides are not multiples of 16 (the U-Net pads)."""
+    return [(2, 1, size, size), (1, 1, size + 19, max(size // 2 + 5, 1))]
+
+
+def _export_one(
+    kind: str,
+    precision: str,
+    graph: nn.Module,
+    reference: nn.Module,
+    *,
+    size: int,
+    dynamic_axes: dict[int, str],
+    parity_shapes: Sequence[tuple[int, ...]],
+    tolerance: float,
+    metadata: dict[str, str],
+) -> Exported:
+    output_names = list(graph.output_names)  # type: ignore[arg-type]
+    example = torch.rand(2, 1, size, size)
+    model = to_onnx(graph, example, dynamic_axes=dynamic_axes, output_names=output_names)
+    set_metadata(model, metadata)
+    name = file_name(kind, precision)
+    inputs = _inputs(np.random.default_rng(0), parity_shapes)
+    parity = check_parity(name, reference, model.SerializeToString(), inputs, tolerance=tolerance,
+                          precision=precision, output_names=output_names)
+    return Exported(kind, precision, name, model, parity)
+
+
+def export_onnx(
+    classifier: str | os.PathLike[str] | None = None,
+    segmenter: str | os.PathLike[str] | None = None,
+    out: str | os.PathLike[str] = "exported",
+    *,
+    fp16: bool = False,
+    tolerance: float = FP32_TOLERANCE,
+    fp16_tolerance: float = FP16_TOLERANCE,
+) -> ExportReport:
+    """Export a classifier and/or a segmenter (run folders or ``.pt`` files); with both, also the two-stage graph.
+
+    Writes ``classifier.onnx``, ``unet.onnx``, ``two_stage.onnx`` (and ``*_fp16.onnx`` with ``fp16``) and
+    ``export.json`` into ``out``, after every file passed its parity check.
+    """
+    if classifier is None and segmenter is None:
+        raise DlmiError("nothing to export: give --classifier and/or --segmenter (a run folder or a .pt file)")
+    cls = load_source(classifier, "classification") if classifier is not None else None
+    seg = load_source(segmenter, "segmentation") if segmenter is not None else None
+    gate_index = normal_index(cls) if (cls is not None and seg is not None) else None
+    precisions = ["fp32", "fp16"] if fp16 else ["fp32"]
+
+    exported: list[Exported] = []
+    for precision in precisions:
+        tol = tolerance if precision == "fp32" else fp16_tolerance
+
+        def net(source: Source, precision: str = precision) -> nn.Module:
+            return AsHalf(source.model) if precision == "fp16" else source.model
+
+        if cls is not None:
+            outputs = list(ClassifierGraph.output_names)
+            exported.append(_export_one(
+                CLASSIFIER, precision, ClassifierGraph(net(cls)), ClassifierGraph(cls.model),
+                size=cls.image_size, dynamic_axes={0: "batch"},
+                parity_shapes=[(1, 1, cls.image_size, cls.image_size), (3, 1, cls.image_size, cls.image_size)],
+                tolerance=tol,
+                metadata=build_metadata(CLASSIFIER, inputs=[INPUT_NAME], outputs=outputs, precision=precision,
+                                        classifier=cls.pair),
+            ))
+        if seg is not None:
+            outputs = list(SegmenterGraph.output_names)
+            exported.append(_export_one(
+                SEGMENTER, precision, SegmenterGraph(net(seg)), SegmenterGraph(seg.model),
+                size=seg.image_size, dynamic_axes={0: "batch", 2: "height", 3: "width"},
+                parity_shapes=_segmenter_shapes(seg.image_size), tolerance=tol,
+                metadata=build_metadata(SEGMENTER, inputs=[INPUT_NAME], outputs=outputs, precision=precision,
+                                        segmenter=seg.pair),
+            ))
+        if cls is not None and seg is not None:
+            assert gate_index is not None
+            sizes = {"normal_index": gate_index, "classifier_size": cls.image_size,
+                     "segmenter_size": seg.image_size}
+            outputs = list(TwoStage.output_names)
+            exported.append(_export_one(
+                TWO_STAGE, precision, TwoStage(net(cls), net(seg), **sizes), TwoStage(cls.model, seg.model, **sizes),
+                size=seg.image_size, dynamic_axes={0: "batch"},
+                parity_shapes=[(3, 1, seg.image_size, seg.image_size)], tolerance=tol,
+                metadata=build_metadata(TWO_STAGE, inputs=[INPUT_NAME], outputs=outputs, precision=precision,
+                                        classifier=cls.pair, segmenter=seg.pair),
+            ))
+
+    failed = [e.parity for e in exported if not e.parity.passed]
+    if failed:
+        raise DlmiError("; ".join(r.describe() for r in failed) + " — nothing was written")
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DlmiError(f"{out}: exists and is not a folder")
+    report = ExportReport(out=out)
+    for item in exported:
+        data = item.model.SerializeToString()
+        report.files.append(write_atomic(out / item.name, lambda handle, data=data: handle.write(data)))
+        report.parity.append(item.parity)
+    written = {e.name for e in exported}
+    for name in ALL_FILE_NAMES:
+        stale = out / name
+        if name not in written and stale.is_file():
+            stale.unlink()
+            report.removed.append(stale)
+    write_json_atomic(out / MANIFEST, _manifest(exported, cls, seg))
+    return report
+
+
+def _manifest(exported: Sequence[Exported], cls: Source | None, seg: Source | None) -> dict[str, Any]:
+    import onnxruntime
+
+    from dlmi import __version__
+
+    def source(s: Source | None) -> dict[str, Any] | None:
+        if s is None:
+            return None
+        return {"checkpoint": str(s.checkpoint), "run_dir": s.meta.get("run_dir"), "meta": s.meta}
+
+    return {
+        "dlmi_version": __version__,
+        "exporter": "torch.onnx.export(dynamo=True)",
+        "opset": OPSET,
+        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+        "classifier": source(cls),
+        "segmenter": source(seg),
+        "files": {
+            e.name: {"kind": e.kind, "precision": e.precision, "parity": e.parity.to_json()} for e in exported
+        },
+    }
+
+
+def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``export.json`` of an export folder."""
+    path = Path(folder) / MANIFEST
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DlmiError(f"{path}: not found; is {folder} a folder written by `dlmi export onnx`?") from None
+    except json.JSONDecodeError as exc:
+        raise DlmiError(f"{path}: not valid JSON ({exc})") from None

@@ -1,0 +1,225 @@
+"""``dlmi predict``'s loop: every image under a folder through a predictor, streamed in bounded batches.
+
+Memory stays flat however many images there are: files are listed as paths, read one batch ahead on a
+background thread (so decoding overlaps inference), and each image's outputs are written and logged as
+soon as its batch is done. An unreadable file is reported with its cause and skipped; the others complete.
+A re-run skips the images already in ``progress.jsonl`` (unless ``overwrite``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from dlmi.errors import DlmiError
+from dlmi.imageio import read_grey
+from dlmi.inference.discovery import find_images
+from dlmi.inference.outputs import ProgressLog, output_stems, write_image_outputs, write_tables
+from dlmi.inference.predictor import Predictor
+from dlmi.inference.preprocess import as_float, model_input, resize_probabilities
+from dlmi.inference.tiling import segment_tiled
+
+PROGRESS_EVERY = 100
+
+
+@dataclass
+class PredictSettings:
+    """How to predict: with the classifier's gate (``aided``), tiled or resized, the mask threshold
+    (``None``: the segmenter's own), images per batch, and whether to redo finished images."""
+
+    aided: bool = False
+    tile: bool = False
+    threshold: float | None = None
+    batch_size: int = 8
+    overwrite: bool = False
+
+
+@dataclass
+class PredictSummary:
+    """What one ``predict_folder`` call did."""
+
+    out: Path
+    total: int
+    predicted: int
+    skipped: int
+    failed: list[dict[str, str]] = field(default_factory=list)
+    csv: Path | None = None
+    json: Path | None = None
+    running_on: str = ""
+
+
+@dataclass
+class Loaded:
+    """One image read from disk (or why it could not be)."""
+
+    file: PurePosixPath
+    grey: np.ndarray | None = None
+    input: np.ndarray | None = None
+    error: str | None = None
+
+
+def _load(folder: Path, file: PurePosixPath, size: int | None) -> Loaded:
+    try:
+        grey = read_grey(folder / file)
+    except DlmiError as exc:
+        return Loaded(file, error=str(exc))
+    except Exception as exc:  # e.g. a decompression bomb: name the file and the cause, go on
+        return Loaded(file, error=f"{folder / file}: cannot read image ({type(exc).__name__}: {exc})")
+    return Loaded(file, grey=grey, input=model_input(grey, size) if size else None)
+
+
+def _check(settings: PredictSettings, folder: Path, out: Path) -> None:
+    if settings.batch_size < 1:
+        raise DlmiError(f"--batch-size must be at least 1, got {settings.batch_size}")
+    if settings.threshold is not None and not 0.0 < settings.threshold < 1.0:
+        raise DlmiError(f"--threshold must be between 0 and 1 (a probability), got {settings.threshold}")
+    if out.resolve() == folder.resolve():
+        raise DlmiError(f"{out}: --out must not be the input folder itself (use a sub-folder or another one)")
+
+
+class _Run:
+    """The state of one folder's prediction."""
+
+    def __init__(self, folder: Path, out: Path, predictor: Predictor, settings: PredictSettings,
+                 log: Callable[[str], None]) -> None:
+        self.folder, self.out, self.predictor, self.settings, self.log = folder, out, predictor, settings, log
+        info = predictor.info
+        self.classes = info.classes if settings.aided else []
+        self.normal_index = info.normal_index
+        self.threshold = float(settings.threshold if settings.threshold is not None else info.threshold)
+        self.failed: list[dict[str, str]] = []
+        self.stems: dict[PurePosixPath, str] = {}
+        self.progress: ProgressLog | None = None
+        self._settings: dict[str, Any] | None = None
+
+    def run_settings(self) -> dict[str, Any]:
+        """What the outputs depend on (mode, tiling, threshold, backend and model files' digests)."""
+        if self._settings is None:
+            self._settings = {"mode": "aided" if self.settings.aided else "segmenter", "tile": self.settings.tile,
+                              "threshold": self.threshold, **self.predictor.fingerprint()}
+        return self._settings
+
+    def record(self, item: Loaded, mask: np.ndarray, class_probs: np.ndarray | None,
+               gated: bool | None) -> dict[str, Any]:
+        assert item.grey is not None
+        masks, overlays = write_image_outputs(self.out, self.stems[item.file], item.grey, mask)
+        height, width = mask.shape
+        pixels = int(mask.sum())
+        record: dict[str, Any] = {"file": str(item.file), "class": None, "probabilities": None, "gated": None}
+        if class_probs is not None:
+            record["class"] = self.classes[int(np.argmax(class_probs))]
+            record["probabilities"] = {c: round(float(p), 6) for c, p in zip(self.classes, class_probs,
+                                                                               strict=True)}
+            record["gated"] = bool(gated)
+        record.update(lesion_pixels=pixels, lesion_fraction=pixels / float(height * width),
+                      width=width, height=height, mask=masks, overlay=overlays)
+        return record
+
+    def resized_batch(self, items: Sequence[Loaded]) -> list[dict[str, Any]]:
+        """Images resized to the segmenter's size; masks resized back (bilinear probabilities, then threshold)."""
+        batch = np.stack([item.input for item in items])
+        if self.settings.aided:
+            class_probs, mask_probs, gated = self.predictor.two_stage(batch)
+        else:
+            mask_probs = self.predictor.segment(batch)
+            class_probs, gated = None, None
+        records = []
+        for j, item in enumerate(items):
+            assert item.grey is not None
+            height, width = item.grey.shape
+            mask = resize_probabilities(mask_probs[j, 0], height, width) > self.threshold
+            records.append(self.record(item, mask, None if class_probs is None else class_probs[j],
+                                       None if gated is None else bool(gated[j])))
+        return records
+
+    def tiled_batch(self, items: Sequence[Loaded]) -> list[dict[str, Any]]:
+        """Each image segmented tile by tile at its own resolution; the classifier sees the whole image."""
+        info = self.predictor.info
+        class_probs = gated = None
+        if self.settings.aided:
+            assert info.classifier_size is not None and self.normal_index is not None
+            inputs = np.stack([model_input(item.grey, info.classifier_size) for item in items])
+            class_probs = self.predictor.classify(inputs)
+            gated = class_probs.argmax(axis=1) == self.normal_index
+        records = []
+        for j, item in enumerate(items):
+            assert item.grey is not None and info.segmenter_size is not None
+            if gated is not None and gated[j]:
+                mask = np.zeros(item.grey.shape, dtype=bool)  # the gate: no lesion where the classifier says normal
+            else:
+                probs = segment_tiled(as_float(item.grey), self.predictor.segment, info.segmenter_size,
+                                      batch_size=self.settings.batch_size)
+                mask = probs > self.threshold
+            records.append(self.record(item, mask, None if class_probs is None else class_probs[j],
+                                       None if gated is None else bool(gated[j])))
+        return records
+
+    def process(self, loaded: Sequence[Loaded]) -> int:
+        good = []
+        for item in loaded:
+            if item.error is not None:
+                self.failed.append({"file": str(item.file), "error": item.error})
+                self.log(f"skipped {item.error}")
+            else:
+                good.append(item)
+        if not good:
+            return 0
+        records = self.tiled_batch(good) if self.settings.tile else self.resized_batch(good)
+        assert self.progress is not None
+        self.progress.append(records)
+        return len(records)
+
+
+def predict_folder(
+    folder: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    predictor: Predictor,
+    settings: PredictSettings | None = None,
+    *,
+    log: Callable[[str], None] = print,
+) -> PredictSummary:
+    """Predict every image under ``folder`` into ``out``; see :mod:`dlmi.inference.outputs` for the layout."""
+    settings = settings or PredictSettings()
+    folder, out = Path(folder), Path(out)
+    _check(settings, folder, out)
+    files = find_images(folder, exclude=out)
+    if not files:
+        raise DlmiError(f"{folder}: no images (png, jpg, jpeg, bmp, tif) under this folder")
+    run = _Run(folder, out, predictor, settings, log)
+    run.stems = output_stems(files)
+    run.progress = ProgressLog(out, run.run_settings(), overwrite=settings.overwrite)
+    pending = [f for f in files if not run.progress.is_done(str(f), out)]
+    skipped = len(files) - len(pending)
+    if skipped:
+        log(f"{skipped} of {len(files)} images already done in {out} (use --overwrite to redo them)")
+    size = None if settings.tile else predictor.info.segmenter_size
+    step = settings.batch_size
+    batches = [pending[i:i + step] for i in range(0, len(pending), step)]
+
+    def read(batch: Sequence[PurePosixPath]) -> list[Loaded]:
+        return [_load(folder, f, size) for f in batch]
+
+    predicted = 0
+    next_report = PROGRESS_EVERY
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlmi-read") as reader:
+        future = reader.submit(read, batches[0]) if batches else None
+        for i in range(len(batches)):
+            assert future is not None
+            loaded = future.result()
+            future = reader.submit(read, batches[i + 1]) if i + 1 < len(batches) else None
+            predicted += run.process(loaded)
+            if predicted >= next_report:
+                log(f"{predicted + len(run.failed)} of {len(pending)} images done")
+                next_report += PROGRESS_EVERY
+
+    records = [run.progress.records[str(f)] for f in files if str(f) in run.progress.records]
+    csv_path, json_path = write_tables(out, records, classes=run.classes, settings=run.run_settings(),
+                                       failed=run.failed)
+    return PredictSummary(out=out, total=len(files), predicted=predicted, skipped=skipped, failed=run.failed,
+                          csv=csv_path, json=json_path, running_on=predictor.running_on)

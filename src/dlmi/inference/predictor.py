@@ -1,0 +1,269 @@
+"""One interface over the two backends: the exported ONNX files (onnxruntime) or the checkpoints (PyTorch).
+
+A predictor takes float32 batches (N,1,H,W) in 0–1 and returns probabilities as numpy arrays:
+``classify`` → (N,K), ``segment`` → (N,1,H,W), ``two_stage`` → (class probs, mask probs, gated). Both
+backends run the same modules (:mod:`dlmi.export.graphs`, :class:`dlmi.export.two_stage.TwoStage`), so
+their outputs agree to float rounding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dlmi.errors import DlmiError
+from dlmi.inference.providers import open_session, torch_device
+
+BACKENDS = ("onnx", "torch")
+
+
+@dataclass
+class ModelInfo:
+    """What the loaded models need from the images and what they say."""
+
+    classes: list[str] = field(default_factory=list)
+    normal_class: str | None = None
+    classifier_size: int | None = None
+    segmenter_size: int | None = None
+    threshold: float = 0.5
+    sources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def normal_index(self) -> int | None:
+        if self.normal_class is None or self.normal_class not in self.classes:
+            return None
+        return self.classes.index(self.normal_class)
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Predictor(ABC):
+    """Runs the classifier, the segmenter, or the two-stage pipeline on numpy batches."""
+
+    backend: str
+    info: ModelInfo
+
+    @property
+    @abstractmethod
+    def running_on(self) -> str:
+        """Where the computation actually runs (onnxruntime's session providers, or the torch device)."""
+
+    @abstractmethod
+    def classify(self, images: np.ndarray) -> np.ndarray:
+        """(N,1,Sc,Sc) → class probabilities (N,K)."""
+
+    @abstractmethod
+    def segment(self, images: np.ndarray) -> np.ndarray:
+        """(N,1,H,W) → lesion probabilities (N,1,H,W)."""
+
+    @abstractmethod
+    def two_stage(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(N,1,S,S) at the segmenter's size → class probs (N,K), gated mask probs (N,1,S,S), gated (N,)."""
+
+    @abstractmethod
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies these models' outputs (backend and file digests), to tell a re-run's settings."""
+
+
+def _check_modes(info: ModelInfo, where: str, *, aided: bool) -> None:
+    if info.segmenter_size is None:
+        raise DlmiError(f"{where}: no segmenter (U-Net) to predict masks with")
+    if aided and info.classifier_size is None:
+        raise DlmiError(f"{where}: --aided needs a classifier as well as the U-Net")
+    if aided and info.normal_index is None:
+        raise DlmiError(f"{where}: the classifier has no normal class (classes {info.classes}) to gate with")
+
+
+# --- onnxruntime ---------------------------------------------------------------------------------------
+
+
+class OnnxPredictor(Predictor):
+    """The files of an export folder (``classifier.onnx``, ``unet.onnx``, ``two_stage.onnx``) in onnxruntime."""
+
+    backend = "onnx"
+
+    def __init__(self, folder: str | os.PathLike[str], *, provider: str = "auto", aided: bool = False,
+                 tile: bool = False, threads: int | None = None, precision: str = "fp32") -> None:
+        from dlmi.export.metadata import CLASSIFIER, SEGMENTER, TWO_STAGE, read_metadata
+        from dlmi.export.onnx_export import file_name
+
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise DlmiError(f"{self.folder}: no such folder of exported models; write one with "
+                            f"`dlmi export onnx --classifier RUN --segmenter RUN --out {self.folder}`")
+        needed = [SEGMENTER] if not aided else ([CLASSIFIER, SEGMENTER] if tile else [TWO_STAGE])
+        self.paths = {kind: self.folder / file_name(kind, precision) for kind in needed}
+        for kind, path in self.paths.items():
+            if not path.is_file():
+                mode = ("--aided --tile" if tile else "--aided") if aided else "prediction without --aided"
+                sources = "--classifier RUN --segmenter RUN" if aided else "--segmenter RUN"
+                raise DlmiError(f"{path}: not found; {mode} needs it (write it with `dlmi export onnx {sources}`)")
+        props: dict[str, str] = {}
+        for path in self.paths.values():
+            props.update(read_metadata(path))
+        self.info = ModelInfo(
+            classes=json.loads(props.get("classes", "[]")),
+            normal_class=props.get("normal_class") or None,
+            classifier_size=int(props["classifier_image_size"]) if "classifier_image_size" in props else None,
+            segmenter_size=int(props["segmenter_image_size"]) if "segmenter_image_size" in props else None,
+            threshold=float(props.get("threshold", 0.5)),
+            sources={k: str(p) for k, p in self.paths.items()},
+        )
+        _check_modes(self.info, str(self.folder), aided=aided)
+        self.sessions = {kind: open_session(path, provider, threads) for kind, path in self.paths.items()}
+
+    @property
+    def running_on(self) -> str:
+        providers = sorted({s.get_providers()[0] for s in self.sessions.values()})
+        return "onnxruntime " + ", ".join(providers)
+
+    def _run(self, kind: str, images: np.ndarray, outputs: Sequence[str]) -> list[np.ndarray]:
+        session = self.sessions.get(kind)
+        if session is None:
+            raise DlmiError(f"{self.folder}: this predictor was not opened for {kind}")
+        return session.run(list(outputs), {"image": np.ascontiguousarray(images, dtype=np.float32)})
+
+    def classify(self, images: np.ndarray) -> np.ndarray:
+        from dlmi.export.metadata import CLASSIFIER
+
+        return self._run(CLASSIFIER, images, ["probs"])[0]
+
+    def segment(self, images: np.ndarray) -> np.ndarray:
+        from dlmi.export.metadata import SEGMENTER
+
+        return self._run(SEGMENTER, images, ["probs"])[0]
+
+    def two_stage(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        from dlmi.export.metadata import TWO_STAGE
+
+        probs, masks, gated = self._run(TWO_STAGE, images, ["class_probs", "mask_probs", "gated"])
+        return probs, masks, gated.astype(bool)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"backend": self.backend, "files": {p.name: file_digest(p) for p in self.paths.values()}}
+
+
+# --- PyTorch -------------------------------------------------------------------------------------------
+
+
+def _torch_sources(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Checkpoints or run folders; an export folder stands for the checkpoints its ``export.json`` names."""
+    sources: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir() and (path / "export.json").is_file() and not (path / "best.pt").is_file():
+            from dlmi.export.onnx_export import read_manifest
+
+            manifest = read_manifest(path)
+            for role in ("classifier", "segmenter"):
+                if manifest.get(role):
+                    sources.append(Path(manifest[role]["checkpoint"]))
+        else:
+            sources.append(path)
+    return sources
+
+
+class TorchPredictor(Predictor):
+    """The PyTorch checkpoints (run folders or ``.pt`` files) in eager mode, ``torch.inference_mode()``."""
+
+    backend = "torch"
+
+    def __init__(self, paths: Sequence[str | os.PathLike[str]], *, provider: str = "auto", aided: bool = False,
+                 threads: int | None = None) -> None:
+        import torch
+
+        from dlmi.export.graphs import ClassifierGraph, SegmenterGraph
+        from dlmi.export.two_stage import TwoStage
+        from dlmi.training.run import load_trained
+
+        self.device = torch_device(provider)
+        if threads:
+            torch.set_num_threads(int(threads))
+        by_task: dict[str, Any] = {}
+        for path in _torch_sources(paths):
+            trained = load_trained(path, map_location="cpu")
+            if trained.task in by_task:
+                raise DlmiError(f"{trained.checkpoint}: a second {trained.task} model; give one classifier "
+                                f"and one segmenter (the first is {by_task[trained.task].checkpoint})")
+            by_task[trained.task] = trained
+        cls, seg = by_task.get("classification"), by_task.get("segmentation")
+        self.checkpoints = {t.task: t.checkpoint for t in by_task.values()}
+        self.info = ModelInfo(
+            classes=cls.classes if cls else [],
+            normal_class=cls.meta.get("normal_class") if cls else None,
+            classifier_size=cls.image_size if cls else None,
+            segmenter_size=seg.image_size if seg else None,
+            threshold=seg.threshold if seg else 0.5,
+            sources={t.task: str(t.checkpoint) for t in by_task.values()},
+        )
+        where = ", ".join(str(p) for p in paths) or "--models"
+        _check_modes(self.info, where, aided=aided)
+        self.classifier = ClassifierGraph(cls.model).to(self.device).eval() if cls else None
+        self.segmenter = SegmenterGraph(seg.model).to(self.device).eval() if seg else None
+        self.pipeline = None
+        if cls is not None and seg is not None and self.info.normal_index is not None:
+            self.pipeline = TwoStage(cls.model, seg.model, normal_index=self.info.normal_index,
+                                     classifier_size=cls.image_size, segmenter_size=seg.image_size)
+            self.pipeline = self.pipeline.to(self.device).eval()
+
+    @property
+    def running_on(self) -> str:
+        return f"torch {self.device}"
+
+    def _run(self, module: Any, images: np.ndarray) -> list[np.ndarray]:
+        import torch
+
+        if module is None:
+            raise DlmiError("the loaded checkpoints do not include the model this prediction needs")
+        with torch.inference_mode():
+            outputs = module(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self.device))
+        return [o.cpu().numpy() for o in outputs]
+
+    def classify(self, images: np.ndarray) -> np.ndarray:
+        return self._run(self.classifier, images)[1]
+
+    def segment(self, images: np.ndarray) -> np.ndarray:
+        return self._run(self.segmenter, images)[1]
+
+    def two_stage(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        probs, masks, gated = self._run(self.pipeline, images)
+        return probs, masks, gated.astype(bool)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"backend": self.backend, "files": {t: file_digest(p) for t, p in self.checkpoints.items()}}
+
+
+def open_predictor(
+    models: Sequence[str | os.PathLike[str]],
+    *,
+    backend: str = "onnx",
+    provider: str = "auto",
+    aided: bool = False,
+    tile: bool = False,
+    threads: int | None = None,
+) -> Predictor:
+    """A predictor for ``models``: one export folder (``onnx``), or run folders / checkpoints / an export
+    folder whose ``export.json`` names its checkpoints (``torch``)."""
+    if backend not in BACKENDS:
+        raise DlmiError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
+    models = list(models) or ["exported"]
+    if backend == "onnx":
+        if len(models) != 1:
+            raise DlmiError(f"--backend onnx takes one --models folder (the export's), got {len(models)}")
+        return OnnxPredictor(models[0], provider=provider, aided=aided, tile=tile, threads=threads)
+    return TorchPredictor(models, provider=provider, aided=aided, threads=threads)

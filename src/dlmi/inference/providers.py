@@ -1,0 +1,85 @@
+"""Choosing where inference runs: onnxruntime execution providers and PyTorch devices.
+
+``auto`` takes CUDA only where a GPU is really present (``torch.cuda.is_available()``), else the CPU.
+``cuda`` without a working GPU is an error — never a silent fall back to the CPU: onnxruntime itself
+falls back when the CUDA provider fails to load, so the providers a session actually got are checked.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch  # imported before onnxruntime so that its CUDA libraries are loaded and found
+
+from dlmi.errors import DlmiError
+
+PROVIDER_CHOICES = ("auto", "cuda", "cpu")
+CUDA_EP = "CUDAExecutionProvider"
+CPU_EP = "CPUExecutionProvider"
+
+
+def _check_choice(choice: str) -> str:
+    if choice not in PROVIDER_CHOICES:
+        raise DlmiError(f"--provider {choice}: expected one of {', '.join(PROVIDER_CHOICES)}")
+    return choice
+
+
+def wants_cuda(choice: str) -> bool:
+    """Whether ``choice`` runs on CUDA here; ``cuda`` without a GPU is an error."""
+    choice = _check_choice(choice)
+    if choice == "cpu":
+        return False
+    available = torch.cuda.is_available()
+    if choice == "cuda" and not available:
+        raise DlmiError("--provider cuda: no CUDA GPU is available here (torch.cuda.is_available() is False); "
+                        "use --provider cpu or auto")
+    return available
+
+
+def torch_device(choice: str) -> torch.device:
+    """The PyTorch device for a provider choice."""
+    return torch.device("cuda" if wants_cuda(choice) else "cpu")
+
+
+def session_options(threads: int | None = None):  # -> onnxruntime.SessionOptions
+    """Session options: all graph optimisations, quiet logging, ``threads`` intra-op threads (0: ORT's choice)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    options.intra_op_num_threads = int(threads or 0)
+    return options
+
+
+def open_session(path: str | os.PathLike[str], choice: str, threads: int | None = None):
+    """An onnxruntime session on the chosen provider, verified to really run there."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    cuda = wants_cuda(choice)
+    if cuda:
+        if hasattr(ort, "preload_dlls"):
+            try:
+                ort.preload_dlls()
+            except Exception:  # the check on the session's providers below reports what is missing
+                pass
+        if CUDA_EP not in ort.get_available_providers():
+            if choice == "cuda":
+                raise DlmiError(
+                    f"--provider cuda: this onnxruntime has no CUDA provider "
+                    f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu"
+                )
+            cuda = False
+    providers = [CUDA_EP, CPU_EP] if cuda else [CPU_EP]
+    ort.set_default_logger_severity(3)
+    try:
+        session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DlmiError(f"{path}: onnxruntime cannot load it ({first})") from None
+    if choice == "cuda" and session.get_providers()[0] != CUDA_EP:
+        raise DlmiError(f"{path}: --provider cuda: onnxruntime could not start its CUDA provider "
+                        f"(CUDA or cuDNN libraries missing?); it would run on {session.get_providers()[0]}")
+    return session

@@ -1,0 +1,156 @@
+"""What a training run needs to know: one dataclass, saved as the run folder's ``config.json``.
+
+Defaults follow the seed report (``../shared/seed/SUMMARY.md``): greyscale 512×512 inputs; the classifier
+trains with AdamW, lr 1e-3, weight decay 1e-5; the U-Net with Adam, lr 1e-3, weight decay 0; gradient norm
+clipped at 5. The seed does not state epochs or batch size; ours are 30 and 8.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dlmi.errors import DlmiError
+
+CLASSIFICATION = "classification"
+SEGMENTATION = "segmentation"
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULERS = ("none", "cosine")
+CLASS_BALANCE = ("none", "sampler", "weights")
+DEVICES = ("auto", "cpu", "cuda")
+
+# The seed's settings per task; ``None`` fields of a TrainConfig take these.
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    CLASSIFICATION: {
+        "model": "seed-cnn", "loss": "cross-entropy", "optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-5,
+        "best_metric": "val_accuracy",
+    },
+    SEGMENTATION: {
+        "model": "unet", "loss": "dice", "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
+        "best_metric": "val_iou",
+    },
+}
+
+# Whether a larger value of the best-checkpoint metric is better.
+HIGHER_IS_BETTER = {"val_accuracy": True, "val_iou": True, "val_dice": True, "val_loss": False}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. ``None`` means "the seed's default for this task".
+
+    Example (in a notebook)::
+
+        config = TrainConfig(task="segmentation", dataset="synthetic", out="runs/unet", image_size=64,
+                             epochs=3, base_channels=8)
+        run_dir = train_segmenter(config)
+    """
+
+    task: str
+    dataset: str
+    out: str
+    data_dir: str | None = None
+    model: str | None = None
+    model_options: dict[str, Any] = field(default_factory=dict)
+    base_channels: int | None = None
+    loss: str | None = None
+    aid: str | None = None
+    image_size: int = 512
+    epochs: int = 30
+    batch_size: int = 8
+    optimizer: str | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    grad_clip: float | None = 5.0
+    scheduler: str = "none"
+    class_balance: str = "none"
+    augment: bool = False
+    best_metric: str | None = None
+    device: str = "auto"
+    seed: int = 0
+    workers: int = 0
+    split: str | None = None
+    quiet: bool = False
+
+    def resolved(self) -> TrainConfig:
+        """A copy with every ``None`` default filled in for the task, and the values checked."""
+        if self.task not in TASK_DEFAULTS:
+            raise DlmiError(f"unknown task {self.task!r}; expected {CLASSIFICATION} or {SEGMENTATION}")
+        defaults = TASK_DEFAULTS[self.task]
+        filled = {k: (defaults[k] if getattr(self, k) is None else getattr(self, k)) for k in defaults}
+        config = dataclasses.replace(self, **filled)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        checks = [
+            (self.image_size >= 8, f"image_size must be at least 8, got {self.image_size}"),
+            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
+            (self.workers >= 0, f"workers must be 0 or more, got {self.workers}"),
+            (self.lr is None or self.lr > 0, f"lr must be positive, got {self.lr}"),
+            (self.weight_decay is None or self.weight_decay >= 0,
+             f"weight_decay must be 0 or more, got {self.weight_decay}"),
+            (self.grad_clip is None or self.grad_clip > 0,
+             f"grad_clip must be positive, got {self.grad_clip}"),
+            (self.base_channels is None or self.base_channels >= 1,
+             f"base_channels must be at least 1, got {self.base_channels}"),
+            (self.optimizer is None or self.optimizer in OPTIMIZERS,
+             f"unknown optimizer {self.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}"),
+            (self.scheduler in SCHEDULERS,
+             f"unknown scheduler {self.scheduler!r}; expected one of {', '.join(SCHEDULERS)}"),
+            (self.class_balance in CLASS_BALANCE,
+             f"unknown class balance {self.class_balance!r}; expected one of {', '.join(CLASS_BALANCE)}"),
+            (self.device in DEVICES or self.device.startswith("cuda:"),
+             f"unknown device {self.device!r}; expected auto, cpu, cuda or cuda:N"),
+            (self.best_metric is None or self.best_metric in HIGHER_IS_BETTER,
+             f"unknown best metric {self.best_metric!r}; expected one of {', '.join(HIGHER_IS_BETTER)}"),
+            (self.aid is None or self.task == SEGMENTATION, "--aid applies to segmenter training only"),
+            (self.class_balance != "weights" or self.task == CLASSIFICATION,
+             "class balance 'weights' (cross-entropy weights) applies to classifier training only"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise DlmiError(message)
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Options passed to the model factory (``base_channels`` when set, plus ``model_options``)."""
+        options = dict(self.model_options)
+        if self.base_channels is not None:
+            options["base_channels"] = self.base_channels
+        return options
+
+    @property
+    def higher_is_better(self) -> bool:
+        return HIGHER_IS_BETTER[self.best_metric or TASK_DEFAULTS[self.task]["best_metric"]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise DlmiError(f"{source}: unknown training settings {', '.join(unknown)}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise DlmiError(f"{source}: {exc}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DlmiError(f"{path}: not found; is this a dlmi run folder?") from None
+        except json.JSONDecodeError as exc:
+            raise DlmiError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise DlmiError(f"{path}: expected a JSON object of training settings")
+        return cls.from_dict(data, source=str(path))

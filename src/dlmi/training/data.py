@@ -1,0 +1,118 @@
+"""A run's data: the dataset source, its split, and the train/validation loaders."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler, WeightedRandomSampler
+
+from dlmi.datasets.base import DatasetSource, Sample
+from dlmi.datasets.loader import ImageDataset
+from dlmi.errors import DlmiError
+from dlmi.training.config import TrainConfig
+
+SIDES = ("train", "val", "test")
+
+
+@dataclass
+class RunData:
+    """The source, the split object, and the samples of each side."""
+
+    source: DatasetSource
+    split: Any
+    samples: dict[str, list[Sample]]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.source.classes)
+
+    @property
+    def normal_class(self) -> str | None:
+        return self.source.normal_class
+
+    def keys(self, side: str) -> list[str]:
+        return sorted(s.key for s in self.samples[side])
+
+
+def load_source(config: TrainConfig) -> tuple[DatasetSource, list[Sample]]:
+    """The registered dataset source and all its samples."""
+    from dlmi.plugins import get_dataset
+
+    source = get_dataset(config.dataset)
+    data_dir = Path(config.data_dir) if config.data_dir else None
+    return source, source.samples(data_dir)
+
+
+def read_split(path: str | Path) -> Any:
+    from dlmi.splits import load_split
+
+    return load_split(Path(path))
+
+
+def make_default_split(config: TrainConfig) -> Any:
+    """A split with dlmi.splits' defaults (the same for every run of a dataset, whatever ``--seed`` is)."""
+    from dlmi.splits import make_split
+
+    return make_split(config.dataset, Path(config.data_dir) if config.data_dir else None)
+
+
+def split_sides(split: Any, samples: Sequence[Sample]) -> dict[str, list[Sample]]:
+    from dlmi.splits import split_samples
+
+    return {side: list(split_samples(split, list(samples), side)) for side in SIDES}
+
+
+def prepare_data(config: TrainConfig, split: Any, *, split_name: str = "split") -> RunData:
+    """Load the source and cut its samples by ``split``; a run needs training and validation samples."""
+    source, samples = load_source(config)
+    sides = split_sides(split, samples)
+    for side in ("train", "val"):
+        if not sides[side]:
+            raise DlmiError(f"{split_name}: the split has no {side} samples for dataset {config.dataset!r}")
+    if config.task == "segmentation" and not source.has_masks:
+        raise DlmiError(f"dataset {config.dataset!r} has no masks; train a classifier on it instead")
+    return RunData(source=source, split=split, samples=sides)
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy and ``random`` in a data worker from the seed torch gave it (deterministic per epoch)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def class_balanced_sampler(samples: Sequence[Sample], generator: torch.Generator) -> Sampler[int]:
+    """Draws each class equally often on average (with replacement); an epoch has ``len(samples)`` draws."""
+    counts = Counter(s.label for s in samples)
+    weights = torch.tensor([1.0 / counts[s.label] for s in samples], dtype=torch.double)
+    return WeightedRandomSampler(weights, num_samples=len(samples), replacement=True, generator=generator)
+
+
+def class_weights(samples: Sequence[Sample], num_classes: int) -> list[float]:
+    """Cross-entropy weights ``N / (K · n_k)`` (1 for every class when balanced; 0 for an absent class)."""
+    counts = Counter(s.label for s in samples)
+    total = len(samples)
+    return [total / (num_classes * counts[k]) if counts[k] else 0.0 for k in range(num_classes)]
+
+
+def make_loader(dataset: ImageDataset, *, batch_size: int, workers: int, generator: torch.Generator | None,
+                shuffle: bool, sampler: Sampler[int] | None = None, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader whose order and worker seeds come from ``generator`` only (reproducible, resumable)."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        generator=generator,
+        worker_init_fn=seed_worker if workers > 0 else None,
+        pin_memory=pin_memory,
+        drop_last=False,
+    )

@@ -1,0 +1,89 @@
+"""The run folder's layout and its per-epoch metrics log (``metrics.jsonl``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dlmi.atomic import write_text_atomic
+from dlmi.errors import DlmiError
+from dlmi.training.run import BEST_CHECKPOINT, LAST_CHECKPOINT
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Paths inside one run folder."""
+
+    path: Path
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def split(self) -> Path:
+        return self.path / "split.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def best(self) -> Path:
+        return self.path / BEST_CHECKPOINT
+
+    @property
+    def last(self) -> Path:
+        return self.path / LAST_CHECKPOINT
+
+    def curve(self, name: str) -> Path:
+        return self.path / f"curve_{name}.png"
+
+    def check_new(self) -> None:
+        """Refuse a folder that already holds a run (continue it with resume instead)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise DlmiError(f"{self.path}: exists and is not a folder")
+        if self.config.exists() or self.last.exists() or self.best.exists():
+            raise DlmiError(
+                f"{self.path}: already holds a training run; continue it with --resume {self.path} "
+                "or choose another --out"
+            )
+
+    def create(self) -> None:
+        """Make a fresh run folder (after :meth:`check_new`)."""
+        self.check_new()
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """The logged epochs, skipping a line cut short by a crash."""
+        if not self.metrics.is_file():
+            return []
+        rows = []
+        for line in self.metrics.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("epoch"), int):
+                rows.append(row)
+        return rows
+
+    def truncate_metrics(self, up_to_epoch: int) -> list[dict[str, Any]]:
+        """Keep one line per epoch up to ``up_to_epoch`` (the last written wins); rewrite atomically."""
+        by_epoch: dict[int, dict[str, Any]] = {}
+        for row in self.read_metrics():
+            if row["epoch"] <= up_to_epoch:
+                by_epoch[row["epoch"]] = row
+        rows = [by_epoch[e] for e in sorted(by_epoch)]
+        write_text_atomic(self.metrics, "".join(json.dumps(r) + "\n" for r in rows))
+        return rows
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        """Append one epoch's line and flush it to disk."""
+        with open(self.metrics, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())

@@ -1,0 +1,137 @@
+"""``dlmi train`` through real subprocesses on a tiny BUSI-layout folder of PNGs: runs, errors, kill -9 + resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+CLASSES = ("normal", "benign", "malignant")
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # the test machine's 2 cores are shared
+
+
+def write_tiny_busi(root: Path, per_class: int = 10, size: int = 64) -> Path:
+    """BUSI's layout: CLASS/NAME.png plus NAME_mask.png; lesions are bright disks, normals have empty masks."""
+    for label, name in enumerate(CLASSES):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            rng = np.random.default_rng(100 * label + i)
+            image = rng.normal(100, 25, (size, size))
+            mask = np.zeros((size, size), dtype=bool)
+            if label:
+                cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
+                r = int(rng.integers(size // 8, size // 5))
+                yy, xx = np.mgrid[0:size, 0:size]
+                mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+                image[mask] = 220 if label == 1 else 30
+            stem = f"{name} ({i + 1})"
+            Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(root / name / f"{stem}.png")
+            Image.fromarray(mask.astype(np.uint8) * 255).save(root / name / f"{stem}_mask.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_busi(tmp_path_factory) -> Path:
+    return write_tiny_busi(tmp_path_factory.mktemp("data") / "busi")
+
+
+def segmenter_args(data: Path, out: Path, epochs: int) -> list[str]:
+    return ["train", "segmenter", "--dataset", "busi", "--data-dir", str(data), "--image-size", "64",
+            "--base-channels", "4", "--batch-size", "4", "--epochs", str(epochs), "--device", "cpu",
+            "--seed", "3", "--augment", "--out", str(out)]
+
+
+def epochs_logged(run_dir: Path) -> list[int]:
+    return [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_classifier_then_aided_segmenter(cli, tiny_busi: Path, tmp_path: Path) -> None:
+    cls = tmp_path / "cls"
+    done = cli("train", "classifier", "--dataset", "busi", "--data-dir", str(tiny_busi), "--image-size", "64",
+               "--epochs", "2", "--batch-size", "8", "--device", "cpu", "--out", str(cls), env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr
+    assert f"run folder: {cls}" in done.stdout and "best.pt: epoch" in done.stdout
+    assert "epoch 2/2" in done.stderr  # not a terminal: one line per epoch
+    assert epochs_logged(cls) == [1, 2]
+
+    seg = tmp_path / "seg"
+    done = cli("train", "segmenter", "--dataset", "busi", "--data-dir", str(tiny_busi), "--image-size", "32",
+               "--base-channels", "4", "--epochs", "1", "--loss", "mse", "--aid", str(cls), "--quiet",
+               "--device", "cpu", "--out", str(seg), env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    config = json.loads((seg / "config.json").read_text())
+    assert config["aid"] == str(cls) and config["loss"] == "mse" and config["optimizer"] == "adam"
+    row = json.loads((seg / "metrics.jsonl").read_text())
+    assert {"val_iou", "val_iou_unaided", "val_gated_fraction"} <= set(row)
+
+    again = cli("train", "classifier", "--dataset", "busi", "--data-dir", str(tiny_busi), "--out", str(cls))
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines() == [
+        f"dlmi: error: {cls}: already holds a training run; continue it with --resume {cls} or choose another --out"
+    ]
+    wrong = cli("train", "segmenter", "--resume", str(cls))
+    assert wrong.returncode == 2 and "is a classification run" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def test_user_errors_are_one_line(cli, tmp_path: Path) -> None:
+    missing = cli("train", "classifier", "--dataset", "busi", "--data-dir", str(tmp_path / "nope"),
+                  "--out", str(tmp_path / "run"))
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+    assert "nope" in missing.stderr
+    bad = cli("train", "segmenter", "--dataset", "synthetic", "--scheduler", "step", "--out", str(tmp_path / "r"))
+    assert bad.returncode == 2 and "unknown scheduler 'step'" in bad.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "r").exists()
+
+
+def test_help_shows_examples(cli) -> None:
+    for command in ("classifier", "segmenter"):
+        done = cli("train", command, "--help")
+        assert done.returncode == 0 and "Example: dlmi train " + command in " ".join(done.stdout.split())
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_continues_the_same_curve(cli, tiny_busi: Path, tmp_path: Path) -> None:
+    epochs = 4
+    straight = tmp_path / "straight"
+    done = cli(*segmenter_args(tiny_busi, straight, epochs), "--quiet", env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "dlmi", *segmenter_args(tiny_busi, killed, epochs)],
+                               env={**os.environ, **ONE_THREAD}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not (killed / "last.pt").exists() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.02)
+        assert (killed / "last.pt").exists(), "the first epoch's checkpoint never appeared"
+        first_epoch_seconds = json.loads((killed / "metrics.jsonl").read_text().splitlines()[0])["seconds"]
+        time.sleep(first_epoch_seconds / 2)  # into the second epoch
+        assert process.poll() is None, "the run finished before it could be killed"
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == -signal.SIGKILL
+    assert len(epochs_logged(killed)) < epochs
+
+    resumed = cli("train", "segmenter", "--resume", str(killed), "--quiet", env=ONE_THREAD)
+    assert resumed.returncode == 0, resumed.stderr
+    assert epochs_logged(killed) == list(range(1, epochs + 1))
+    ours = torch.load(killed / "last.pt", weights_only=True)
+    theirs = torch.load(straight / "last.pt", weights_only=True)
+    assert ours["epoch"] == epochs
+    assert all(torch.equal(ours["model"][k], theirs["model"][k]) for k in theirs["model"])
+    curve = [json.loads(x)["train_loss"] for x in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert curve == [json.loads(x)["train_loss"] for x in (straight / "metrics.jsonl").read_text().splitlines()]
