@@ -63,7 +63,7 @@ def test_prints_a_markdown_table_naming_the_rule(cli, folders):
     result = cli("evaluate", "masks", str(pred), str(truth), "--resamples", "100")
     assert result.returncode == 0, result.stderr
     assert "| seed mIoU (all images; empty truth + empty prediction = 1) | 0.444" in result.stdout
-    assert "Empty-mask rule:" in result.stdout
+    assert "Seed empty-mask rule:" in result.stdout
 
 
 def test_a_missing_prediction_is_an_error_unless_scored_as_empty(cli, folders):

@@ -1,4 +1,7 @@
-"""``dlmi train`` through real subprocesses on a tiny BUSI-layout folder of PNGs: runs, errors, kill -9 + resume."""
+"""``dlmi train`` as real subprocesses on a tiny BUSI-layout folder of PNGs: runs, errors, kill -9, resume.
+
+Each subprocess imports torch (seconds on the shared test machine), so these tests are marked slow.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # the test machin
 
 
 def write_tiny_busi(root: Path, per_class: int = 10, size: int = 64) -> Path:
-    """BUSI's layout: CLASS/NAME.png plus NAME_mask.png; lesions are bright disks, normals have empty masks."""
+    """BUSI's layout: CLASS/NAME.png plus NAME_mask.png; lesions are bright disks, normals empty masks."""
     for label, name in enumerate(CLASSES):
         (root / name).mkdir(parents=True)
         for i in range(per_class):
@@ -54,6 +57,7 @@ def epochs_logged(run_dir: Path) -> list[int]:
     return [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_train_classifier_then_aided_segmenter(cli, tiny_busi: Path, tmp_path: Path) -> None:
     cls = tmp_path / "cls"
     done = cli("train", "classifier", "--dataset", "busi", "--data-dir", str(tiny_busi), "--image-size", "64",
@@ -77,22 +81,27 @@ def test_train_classifier_then_aided_segmenter(cli, tiny_busi: Path, tmp_path: P
     again = cli("train", "classifier", "--dataset", "busi", "--data-dir", str(tiny_busi), "--out", str(cls))
     assert again.returncode == 2
     assert again.stderr.strip().splitlines() == [
-        f"dlmi: error: {cls}: already holds a training run; continue it with --resume {cls} or choose another --out"
+        f"dlmi: error: {cls}: already holds a training run; continue it with --resume {cls} "
+        "or choose another --out"
     ]
     wrong = cli("train", "segmenter", "--resume", str(cls))
-    assert wrong.returncode == 2 and "is a classification run" in wrong.stderr and "Traceback" not in wrong.stderr
+    assert wrong.returncode == 2 and "is a classification run" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
 
 
+@pytest.mark.slow
 def test_user_errors_are_one_line(cli, tmp_path: Path) -> None:
     missing = cli("train", "classifier", "--dataset", "busi", "--data-dir", str(tmp_path / "nope"),
                   "--out", str(tmp_path / "run"))
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
     assert "nope" in missing.stderr
-    bad = cli("train", "segmenter", "--dataset", "synthetic", "--scheduler", "step", "--out", str(tmp_path / "r"))
+    bad = cli("train", "segmenter", "--dataset", "synthetic", "--scheduler", "step",
+              "--out", str(tmp_path / "r"))
     assert bad.returncode == 2 and "unknown scheduler 'step'" in bad.stderr
     assert not (tmp_path / "run").exists() and not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_help_shows_examples(cli) -> None:
     for command in ("classifier", "segmenter"):
         done = cli("train", command, "--help")
@@ -133,5 +142,7 @@ def test_resume_after_kill_9_continues_the_same_curve(cli, tiny_busi: Path, tmp_
     theirs = torch.load(straight / "last.pt", weights_only=True)
     assert ours["epoch"] == epochs
     assert all(torch.equal(ours["model"][k], theirs["model"][k]) for k in theirs["model"])
-    curve = [json.loads(x)["train_loss"] for x in (killed / "metrics.jsonl").read_text().splitlines()]
-    assert curve == [json.loads(x)["train_loss"] for x in (straight / "metrics.jsonl").read_text().splitlines()]
+    def curve(run_dir: Path) -> list[float]:
+        return [json.loads(x)["train_loss"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+    assert curve(killed) == curve(straight)

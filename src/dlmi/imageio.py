@@ -114,7 +114,8 @@ def read_grey(path: str | os.PathLike[str]) -> np.ndarray:
     try:
         return to_grey(image)
     except (ValueError, OSError) as exc:
-        raise DlmiError(f"{path}: cannot convert image mode {image.mode} to grey ({_one_line(exc)})") from None
+        reason = _one_line(exc)
+        raise DlmiError(f"{path}: cannot convert image mode {image.mode} to grey ({reason})") from None
 
 
 def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:

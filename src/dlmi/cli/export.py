@@ -23,7 +23,9 @@ def onnx_command(
         None, "--segmenter", help="Segmenter (U-Net) run folder (its best.pt) or checkpoint file."
     ),
     out: Path = typer.Option(Path("exported"), "--out", help="Folder for the .onnx files and export.json."),
-    fp16: bool = typer.Option(False, "--fp16", help="Also write *_fp16.onnx (half-precision weights, for GPUs)."),
+    fp16: bool = typer.Option(
+        False, "--fp16", help="Also write *_fp16.onnx (half-precision weights, for GPUs)."
+    ),
     tolerance: float = typer.Option(
         1e-4, "--tolerance", min=0.0, help="fp32 parity: largest |onnxruntime − torch| allowed."
     ),

@@ -20,9 +20,9 @@ def plugins_command(
     """
     plugins = get_plugins()
     rows = [
-        {"kind": kind.rstrip("s"), "name": e.name, "source": e.source, "description": e.description,
+        {"kind": singular, "name": e.name, "source": e.source, "description": e.description,
          **({"task": e.meta["task"]} if "task" in e.meta else {})}
-        for kind in ("datasets", "models", "losses")
+        for kind, singular in (("datasets", "dataset"), ("models", "model"), ("losses", "loss"))
         for e in plugins.registry(kind)
     ]
     if as_json:

@@ -9,7 +9,9 @@ import typer
 
 def predict_command(
     folder: Path = typer.Argument(..., help="Folder of images, searched recursively (png/jpg/jpeg/bmp/tif)."),
-    aided: bool = typer.Option(False, "--aided", help="Two-stage: the classifier's 'normal' empties the mask."),
+    aided: bool = typer.Option(
+        False, "--aided", help="Two-stage: the classifier's 'normal' empties the mask."
+    ),
     models: list[Path] | None = typer.Option(
         None, "--models",
         help="onnx: the export folder (default exported/). torch: run folders or .pt files (repeat the "
@@ -42,7 +44,8 @@ def predict_command(
     typer.echo(f"running on: {predictor.running_on}")
     settings = PredictSettings(aided=aided, tile=tile, threshold=threshold, batch_size=batch_size,
                                overwrite=overwrite)
-    summary = predict_folder(folder, out, predictor, settings, log=lambda m: typer.echo(f"dlmi: {m}", err=True))
+    summary = predict_folder(folder, out, predictor, settings,
+                             log=lambda message: typer.echo(f"dlmi: {message}", err=True))
     typer.echo(
         f"{summary.total} images: {summary.predicted} predicted, {summary.skipped} already done, "
         f"{len(summary.failed)} failed"

@@ -23,6 +23,7 @@ H_BATCH = "Batch size. [default: 8]"
 H_WD = "Weight decay."
 H_BASE = "Model width: the model's `base_channels` option. [default: the model's own]"
 H_DEVICE = "auto (GPU when available), cpu, cuda or cuda:N. [default: auto]"
+H_DETERMINISTIC = "cuDNN: deterministic kernels (reproducible) or autotuned (faster on a GPU). [default: on]"
 H_SEED = "Seed for weights, order and augmentation; same seed on CPU → same weights. [default: 0]"
 H_WORKERS = "Data-loading worker processes. [default: 0]"
 H_SPLIT = "Split file (from `dlmi data split`); without it a default split is made and saved in the run."
@@ -60,7 +61,7 @@ def _run(task: str, settings: dict[str, Any], resume: Path | None) -> None:
             raise DlmiError(
                 f"{resume}: is a {saved.task} run; resume it with `dlmi train {command} --resume {resume}`"
             )
-        overrides = {k: v for k, v in settings.items() if v not in (None, False, {})}
+        overrides = {k: v for k, v in settings.items() if v is not None}
         if "out" in overrides and Path(overrides["out"]).resolve() != resume.resolve():
             raise DlmiError(f"--out {overrides['out']}: --resume continues {resume} in place; drop --out")
         overrides.pop("out", None)
@@ -102,6 +103,7 @@ def classifier_command(
     base_channels: int = typer.Option(None, "--base-channels", help=H_BASE),
     model_option: list[str] = typer.Option(None, "--model-option", help=H_OPTION),
     device: str = typer.Option(None, "--device", help=H_DEVICE),
+    deterministic: bool = typer.Option(None, "--deterministic/--no-deterministic", help=H_DETERMINISTIC),
     seed: int = typer.Option(None, "--seed", help=H_SEED),
     workers: int = typer.Option(None, "--workers", help=H_WORKERS),
     split: Path = typer.Option(None, "--split", help=H_SPLIT),
@@ -119,7 +121,8 @@ def classifier_command(
         dataset=dataset, data_dir=str(data_dir) if data_dir else None, model=model,
         out=str(out) if out else None, loss=loss, image_size=image_size, epochs=epochs,
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, base_channels=base_channels,
-        model_options=_parse_options(model_option) or None, device=device, seed=seed, workers=workers,
+        model_options=_parse_options(model_option) or None, device=device, deterministic=deterministic,
+        seed=seed, workers=workers,
         split=str(split) if split else None, scheduler=scheduler, class_balance=class_balance,
         augment=augment or None, quiet=quiet or None,
     )
@@ -144,6 +147,7 @@ def segmenter_command(
     base_channels: int = typer.Option(None, "--base-channels", help=H_BASE),
     model_option: list[str] = typer.Option(None, "--model-option", help=H_OPTION),
     device: str = typer.Option(None, "--device", help=H_DEVICE),
+    deterministic: bool = typer.Option(None, "--deterministic/--no-deterministic", help=H_DETERMINISTIC),
     seed: int = typer.Option(None, "--seed", help=H_SEED),
     workers: int = typer.Option(None, "--workers", help=H_WORKERS),
     split: Path = typer.Option(None, "--split", help=H_SPLIT + " With --aid, the classifier's split."),
@@ -162,7 +166,8 @@ def segmenter_command(
         dataset=dataset, data_dir=str(data_dir) if data_dir else None, model=model,
         out=str(out) if out else None, loss=loss, aid=str(aid) if aid else None, image_size=image_size,
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, base_channels=base_channels,
-        model_options=_parse_options(model_option) or None, device=device, seed=seed, workers=workers,
+        model_options=_parse_options(model_option) or None, device=device, deterministic=deterministic,
+        seed=seed, workers=workers,
         split=str(split) if split else None, scheduler=scheduler, class_balance=class_balance,
         augment=augment or None, quiet=quiet or None,
     )

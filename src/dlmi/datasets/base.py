@@ -50,7 +50,7 @@ class DatasetSource(Protocol):
         ...
 
     def load(self, sample: Sample) -> tuple[np.ndarray, np.ndarray | None]:
-        """The sample's image as uint8 (H, W) greyscale and its mask as bool (H, W) (``None`` without masks)."""
+        """The image as uint8 (H, W) greyscale and the mask as bool (H, W) (``None`` without masks)."""
         ...
 
 
@@ -83,6 +83,9 @@ class FileDataset:
         if data_dir is None:
             raise DlmiError(f"dataset {self.name!r} needs --data-dir ({self.expected_layout})")
         data_dir = Path(data_dir)
+        if not data_dir.exists():
+            expects = f"dataset {self.name!r} expects {self.expected_layout}"
+            raise DlmiError(f"{data_dir}: no such folder; {expects}")
         if not data_dir.is_dir():
             raise DlmiError(f"{data_dir}: not a folder; dataset {self.name!r} expects {self.expected_layout}")
         return data_dir

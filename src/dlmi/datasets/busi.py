@@ -75,7 +75,9 @@ class BusiDataset(FileDataset):
                 )
             samples.append(Sample(f"{class_name}/{image_path.name}", label, image_path, mask_paths))
         if not samples:
-            raise DlmiError(f"{folder}: only mask files, no images; {self.name} expects {self.expected_layout}")
+            raise DlmiError(
+                f"{folder}: only mask files, no images; {self.name} expects {self.expected_layout}"
+            )
         return samples
 
 

@@ -1,4 +1,4 @@
-"""Class-per-folder layouts: finding the class folders and their image files, with errors that say what to fix."""
+"""Class-per-folder layouts: the class folders and their image files, with errors that say what to fix."""
 
 from __future__ import annotations
 
@@ -47,12 +47,15 @@ def class_folders(data_dir: Path, dataset: str, classes: tuple[str, ...], layout
                 )
             inner = [p for p in entries if p.is_dir() and _has_class_folders(p, classes)]
             if inner:
-                raise DlmiError(f"{data_dir}: no class folders here but {inner[0]} has them; use that; {expects}")
+                raise DlmiError(
+                    f"{data_dir}: no class folders here but {inner[0]} has them; use that; {expects}"
+                )
         by_lower = {p.name.lower(): p.name for p in entries if p.is_dir()}
         hints = [f"{by_lower[c.lower()]!r} should be {c!r}" for c in missing if c.lower() in by_lower]
         hint = f" ({', '.join(hints)}: names are case-sensitive)" if hints else ""
         names = ", ".join(f"{c}/" for c in missing)
-        raise DlmiError(f"{data_dir}: missing class folder {names}{hint}; {expects}")
+        plural = "s" if len(missing) > 1 else ""
+        raise DlmiError(f"{data_dir}: missing class folder{plural} {names}{hint}; {expects}")
     for name, folder in present.items():
         if not image_files(folder):
             raise DlmiError(

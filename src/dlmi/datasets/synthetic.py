@@ -1,13 +1,20 @@
 """Generated ultrasound-like images with exact lesion masks, registered as ``synthetic``.
 
-Needs no files, so it is the default that lets training, evaluation and the tests run anywhere. Each sample
-is generated from ``(seed, index)`` alone — the same pair gives the same pixels on any machine — in a few
-milliseconds. Labels follow BUSI's order: 0 normal (no lesion), 1 benign (smooth, wider-than-tall,
-hypoechoic oval, often with posterior enhancement), 2 malignant (irregular, spiculated, often
-taller-than-wide, heterogeneous, often with posterior shadowing). Every image shows layered breast-like
-tissue (skin, fat, gland, muscle) under depth attenuation and multiplicative Rayleigh speckle, with
-hypoechoic fat lobules as decoys that are not lesions. Sample ``index`` has label ``index % 3`` and the key
+Needs no files, so it is the default that lets training, evaluation and the tests run anywhere. Each
+sample is generated from ``(seed, index, size)`` alone, in a few milliseconds: the same triple gives the
+same sample again (across platforms, floating-point rounding may change a rare pixel by one grey level or
+flip a boundary pixel of the mask).
+
+Labels follow BUSI's order: 0 normal (no lesion), 1 benign (smooth, wider-than-tall, hypoechoic oval,
+often with posterior enhancement), 2 malignant (irregular, spiculated, often taller-than-wide,
+heterogeneous, often with posterior shadowing). Every image shows layered breast-like tissue (skin, fat,
+gland, muscle) under depth attenuation and multiplicative Rayleigh speckle, with hypoechoic fat lobules as
+decoys that are not lesions. Sample ``index`` has label ``index % 3`` and the key
 ``CLASS/synthetic_NNNN.png``; ``dlmi data synth`` writes the same samples as a BUSI-layout folder.
+
+Difficulty (tuned so learning takes a few epochs): the seed CNN, trained on the default 300 images (seed 0)
+with Adam 1e-3, batch 16, scores about chance after epoch 1 and 0.83–0.86 accuracy after epoch 10 on 300
+fresh images (seed 1), at 64 and at 128 px.
 """
 
 from __future__ import annotations
@@ -86,16 +93,19 @@ def _lesion(
     u = (x - cx) * np.cos(angle) + (y - cy) * np.sin(angle)
     v = -(x - cx) * np.sin(angle) + (y - cy) * np.cos(angle)
     theta = np.arctan2(v / b, u / a)
-    radius = np.ones_like(theta)
+    # The boundary's radius as a function of angle, tabulated once and interpolated per pixel.
+    angles = np.linspace(-np.pi, np.pi, 1025, dtype=np.float32)
+    table = np.ones_like(angles)
     if malignant:
         for k in range(3, 9):
-            radius += rng.uniform(0, 0.12) / np.sqrt(k) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+            table += rng.uniform(0, 0.12) / np.sqrt(k) * np.cos(k * angles + rng.uniform(0, 2 * np.pi))
         for _ in range(rng.integers(3, 10)):
             kappa = rng.uniform(30, 120)
-            radius += rng.uniform(0.15, 0.6) * np.exp(kappa * (np.cos(theta - rng.uniform(0, 2 * np.pi)) - 1))
+            table += rng.uniform(0.15, 0.6) * np.exp(kappa * (np.cos(angles - rng.uniform(0, 2 * np.pi)) - 1))
     else:
         for k in (2, 3, 4):
-            radius += rng.uniform(0, 0.05) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+            table += rng.uniform(0, 0.05) * np.cos(k * angles + rng.uniform(0, 2 * np.pi))
+    radius = np.interp(theta, angles, table).astype(np.float32)
     distance = np.hypot(u / a, v / b) - radius  # < 0 inside
     mask = distance < 0
     softness = (1.2 if not malignant else 2.5) / (size * a)
@@ -124,7 +134,9 @@ def generate(index: int, seed: int = 0, size: int = 128) -> tuple[np.ndarray, np
             tissue = tissue * (1 + rng.uniform(0.15, 0.45) * below)
     attenuation = np.exp(-rng.uniform(0.4, 1.6) * y)
     envelope = tissue * attenuation * (1 + rng.uniform(0.5, 0.9) * (_speckle(rng, size) - 1))
-    display = np.clip(envelope, 0, None) ** 0.7 * rng.uniform(150, 200) + rng.normal(0, 4, (size, size))
+    gain = rng.uniform(150, 200)
+    noise = 4 * rng.standard_normal((size, size), dtype=np.float32)
+    display = np.clip(envelope, 0, None) ** 0.7 * gain + noise
     return np.clip(np.rint(display), 0, 255).astype(np.uint8), mask, label
 
 

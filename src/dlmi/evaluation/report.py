@@ -79,8 +79,8 @@ def segmentation_lines(variants: dict[str, dict[str, Any]], heading: str) -> lis
                          *(fmt(variants[v]["per_class"][cls][metric]) for v in names)])
     lines = [f"### {heading}", ""]
     lines += _table(["metric", *names], rows)
-    lines += ["", f"Empty-mask rule: {first['empty_mask_rule']}.",
-              f"Lesion images: {first['lesion_rule']}.", ""]
+    rule, lesion_rule = first["empty_mask_rule"], first["lesion_rule"]
+    lines += ["", f"{rule[0].upper()}{rule[1:]}.", f"{lesion_rule[0].upper()}{lesion_rule[1:]}.", ""]
     return lines
 
 

@@ -101,7 +101,9 @@ def load_source(path: str | os.PathLike[str], task: str) -> Source:
     trained = load_trained(path)
     if trained.task != task:
         option = "--classifier" if task == "classification" else "--segmenter"
-        raise DlmiError(f"{trained.checkpoint}: {option} needs a {task} run, this one is a {trained.task} run")
+        raise DlmiError(
+            f"{trained.checkpoint}: {option} needs a {task} run, this one is a {trained.task} run"
+        )
     return Source(model=trained.model.float().eval(), meta=trained.meta, checkpoint=trained.checkpoint)
 
 
@@ -184,13 +186,13 @@ def export_onnx(
     tolerance: float = FP32_TOLERANCE,
     fp16_tolerance: float = FP16_TOLERANCE,
 ) -> ExportReport:
-    """Export a classifier and/or a segmenter (run folders or ``.pt`` files); with both, also the two-stage graph.
+    """Export a classifier and/or a segmenter (run folders or ``.pt`` files); with both, the two-stage graph.
 
     Writes ``classifier.onnx``, ``unet.onnx``, ``two_stage.onnx`` (and ``*_fp16.onnx`` with ``fp16``) and
     ``export.json`` into ``out``, after every file passed its parity check.
     """
     if classifier is None and segmenter is None:
-        raise DlmiError("nothing to export: give --classifier and/or --segmenter (a run folder or a .pt file)")
+        raise DlmiError("nothing to export: give --classifier and/or --segmenter (run folders or .pt files)")
     cls = load_source(classifier, "classification") if classifier is not None else None
     seg = load_source(segmenter, "segmentation") if segmenter is not None else None
     gate_index = normal_index(cls) if (cls is not None and seg is not None) else None
@@ -208,7 +210,7 @@ def export_onnx(
             exported.append(_export_one(
                 CLASSIFIER, precision, ClassifierGraph(net(cls)), ClassifierGraph(cls.model),
                 size=cls.image_size, dynamic_axes={0: "batch"},
-                parity_shapes=[(1, 1, cls.image_size, cls.image_size), (3, 1, cls.image_size, cls.image_size)],
+                parity_shapes=[(n, 1, cls.image_size, cls.image_size) for n in (1, 3)],
                 tolerance=tol,
                 metadata=build_metadata(CLASSIFIER, inputs=[INPUT_NAME], outputs=outputs, precision=precision,
                                         classifier=cls.pair),
@@ -228,7 +230,8 @@ def export_onnx(
                      "segmenter_size": seg.image_size}
             outputs = list(TwoStage.output_names)
             exported.append(_export_one(
-                TWO_STAGE, precision, TwoStage(net(cls), net(seg), **sizes), TwoStage(cls.model, seg.model, **sizes),
+                TWO_STAGE, precision,
+                TwoStage(net(cls), net(seg), **sizes), TwoStage(cls.model, seg.model, **sizes),
                 size=seg.image_size, dynamic_axes={0: "batch"},
                 parity_shapes=[(3, 1, seg.image_size, seg.image_size)], tolerance=tol,
                 metadata=build_metadata(TWO_STAGE, inputs=[INPUT_NAME], outputs=outputs, precision=precision,
@@ -271,7 +274,9 @@ def _manifest(exported: Sequence[Exported], cls: Source | None, seg: Source | No
         "dlmi_version": __version__,
         "exporter": "torch.onnx.export(dynamo=True)",
         "opset": OPSET,
-        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+        "versions": {
+            "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+        },
         "classifier": source(cls),
         "segmenter": source(seg),
         "files": {

@@ -86,7 +86,7 @@ def check_parity(
         for name, got, want in zip(output_names, onnx_outputs, torch_outputs, strict=True):
             want = want.detach().cpu().numpy()
             if got.shape != want.shape:
-                raise AssertionError(f"{file}: output {name} has shape {got.shape}, PyTorch gives {want.shape}")
+                raise AssertionError(f"{file}: output {name} is {got.shape}, PyTorch gives {want.shape}")
             if want.dtype == np.bool_:
                 result.bool_mismatches[name] = result.bool_mismatches.get(name, 0) + int((got != want).sum())
                 continue

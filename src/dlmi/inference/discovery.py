@@ -9,7 +9,9 @@ from dlmi.errors import DlmiError
 from dlmi.imageio import is_image_file
 
 
-def find_images(folder: str | os.PathLike[str], exclude: str | os.PathLike[str] | None = None) -> list[PurePosixPath]:
+def find_images(
+    folder: str | os.PathLike[str], exclude: str | os.PathLike[str] | None = None
+) -> list[PurePosixPath]:
     """Image files under ``folder`` as sorted POSIX paths relative to it; ``exclude`` (e.g. the output
     folder, when it lies inside) is skipped with everything under it. Other files are ignored."""
     root = Path(folder)

@@ -101,8 +101,10 @@ class _Run:
     def run_settings(self) -> dict[str, Any]:
         """What the outputs depend on (mode, tiling, threshold, backend and model files' digests)."""
         if self._settings is None:
-            self._settings = {"mode": "aided" if self.settings.aided else "segmenter", "tile": self.settings.tile,
-                              "threshold": self.threshold, **self.predictor.fingerprint()}
+            self._settings = {
+                "mode": "aided" if self.settings.aided else "segmenter", "tile": self.settings.tile,
+                "threshold": self.threshold, **self.predictor.fingerprint(),
+            }
         return self._settings
 
     def record(self, item: Loaded, mask: np.ndarray, class_probs: np.ndarray | None,
@@ -122,7 +124,7 @@ class _Run:
         return record
 
     def resized_batch(self, items: Sequence[Loaded]) -> list[dict[str, Any]]:
-        """Images resized to the segmenter's size; masks resized back (bilinear probabilities, then threshold)."""
+        """Images resized to the segmenter's size; masks resized back (bilinear probabilities, cut)."""
         batch = np.stack([item.input for item in items])
         if self.settings.aided:
             class_probs, mask_probs, gated = self.predictor.two_stage(batch)
@@ -151,7 +153,7 @@ class _Run:
         for j, item in enumerate(items):
             assert item.grey is not None and info.segmenter_size is not None
             if gated is not None and gated[j]:
-                mask = np.zeros(item.grey.shape, dtype=bool)  # the gate: no lesion where the classifier says normal
+                mask = np.zeros(item.grey.shape, dtype=bool)  # the gate: the classifier says normal
             else:
                 probs = segment_tiled(as_float(item.grey), self.predictor.segment, info.segmenter_size,
                                       batch_size=self.settings.batch_size)

@@ -110,8 +110,8 @@ class ProgressLog:
                 changed = sorted(k for k in set(settings) | set(previous or {})
                                  if (previous or {}).get(k) != settings.get(k))
                 raise DlmiError(
-                    f"{self.path}: these predictions were made with other settings ({', '.join(changed)} "
-                    "differ); re-run with --overwrite or choose another --out"
+                    f"{self.path}: these predictions were made with other settings (changed: "
+                    f"{', '.join(changed)}); re-run with --overwrite or choose another --out"
                 )
             for line in lines:
                 try:

@@ -93,7 +93,7 @@ def _check_modes(info: ModelInfo, where: str, *, aided: bool) -> None:
 
 
 class OnnxPredictor(Predictor):
-    """The files of an export folder (``classifier.onnx``, ``unet.onnx``, ``two_stage.onnx``) in onnxruntime."""
+    """An export folder's files (``classifier.onnx``, ``unet.onnx``, ``two_stage.onnx``) in onnxruntime."""
 
     backend = "onnx"
 
@@ -108,11 +108,13 @@ class OnnxPredictor(Predictor):
                             f"`dlmi export onnx --classifier RUN --segmenter RUN --out {self.folder}`")
         needed = [SEGMENTER] if not aided else ([CLASSIFIER, SEGMENTER] if tile else [TWO_STAGE])
         self.paths = {kind: self.folder / file_name(kind, precision) for kind in needed}
-        for kind, path in self.paths.items():
+        for path in self.paths.values():
             if not path.is_file():
                 mode = ("--aided --tile" if tile else "--aided") if aided else "prediction without --aided"
                 sources = "--classifier RUN --segmenter RUN" if aided else "--segmenter RUN"
-                raise DlmiError(f"{path}: not found; {mode} needs it (write it with `dlmi export onnx {sources}`)")
+                raise DlmiError(
+                    f"{path}: not found; {mode} needs it (write it with `dlmi export onnx {sources}`)"
+                )
         props: dict[str, str] = {}
         for path in self.paths.values():
             props.update(read_metadata(path))
@@ -183,8 +185,8 @@ class TorchPredictor(Predictor):
 
     backend = "torch"
 
-    def __init__(self, paths: Sequence[str | os.PathLike[str]], *, provider: str = "auto", aided: bool = False,
-                 threads: int | None = None) -> None:
+    def __init__(self, paths: Sequence[str | os.PathLike[str]], *, provider: str = "auto",
+                 aided: bool = False, threads: int | None = None) -> None:
         import torch
 
         from dlmi.export.graphs import ClassifierGraph, SegmenterGraph

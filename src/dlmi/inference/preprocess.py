@@ -9,7 +9,7 @@ from dlmi.datasets.loader import resize_image
 
 
 def model_input(grey: np.ndarray, size: int) -> np.ndarray:
-    """A uint8 (H, W) greyscale image as the model's (1, S, S) float32 input in 0–1 (bilinear resize, /255)."""
+    """A uint8 (H, W) grey image as the model's (1, S, S) float32 input in 0–1 (bilinear resize, /255)."""
     return (resize_image(grey, size).astype(np.float32) / 255.0)[None]
 
 

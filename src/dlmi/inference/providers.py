@@ -7,6 +7,7 @@ falls back when the CUDA provider fails to load, so the providers a session actu
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -32,8 +33,8 @@ def wants_cuda(choice: str) -> bool:
         return False
     available = torch.cuda.is_available()
     if choice == "cuda" and not available:
-        raise DlmiError("--provider cuda: no CUDA GPU is available here (torch.cuda.is_available() is False); "
-                        "use --provider cpu or auto")
+        raise DlmiError("--provider cuda: no CUDA GPU is available here (torch.cuda.is_available() is "
+                        "False); use --provider cpu or auto")
     return available
 
 
@@ -43,7 +44,7 @@ def torch_device(choice: str) -> torch.device:
 
 
 def session_options(threads: int | None = None):  # -> onnxruntime.SessionOptions
-    """Session options: all graph optimisations, quiet logging, ``threads`` intra-op threads (0: ORT's choice)."""
+    """Session options: all graph optimisations, quiet logs, ``threads`` intra-op threads (0: default)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -61,10 +62,8 @@ def open_session(path: str | os.PathLike[str], choice: str, threads: int | None 
     cuda = wants_cuda(choice)
     if cuda:
         if hasattr(ort, "preload_dlls"):
-            try:
+            with contextlib.suppress(Exception):  # the providers check below reports what is missing
                 ort.preload_dlls()
-            except Exception:  # the check on the session's providers below reports what is missing
-                pass
         if CUDA_EP not in ort.get_available_providers():
             if choice == "cuda":
                 raise DlmiError(

@@ -4,16 +4,20 @@ Five levels (4 down, 4 up) of two 3×3 convolutions → BatchNorm → ReLU, 2×2
 upsampling plus the skip connection of the same level on the way up, and a 1×1 convolution to the output
 logits. Channels are ``base_channels`` × (1, 2, 4, 8, 16).
 
-Any input size works: ``forward`` pads height and width up to a multiple of 16 by edge replication and
-crops the output back. The padding is computed from the input's shape with plain arithmetic (no branch),
-so the model exports to ONNX with dynamic height and width.
+Any input size works: ``forward`` pads height and width (bottom and right) up to a multiple of 16 by edge
+replication and crops the output back. Replication, unlike reflection, is valid for any size (reflection
+needs the padding to be smaller than the image, which fails below 16 px). The padding is computed from the
+input's shape with plain arithmetic (no branch), so the model exports to ONNX with dynamic height and width.
 
 Upsampling: ``bilinear=False`` (the default) uses a learned 2×2 transposed convolution, as in the paper and
-in milesial/Pytorch-UNet's default, which the seed report followed. ``bilinear=True`` uses bilinear
-interpolation and halves the channels of the deepest level and of each decoder stage (about 45% fewer
-parameters, as milesial's variant does). The default is also the reproducible one: the backward pass of
-bilinear upsampling has no deterministic CUDA kernel, so ``torch.use_deterministic_algorithms(True)``
-rejects it on a GPU.
+as the default of milesial/Pytorch-UNet, the implementation the seed report points to (31,036,481
+parameters at base 64). ``bilinear=True`` uses bilinear interpolation and, like milesial's variant, halves
+the channels of the deepest level and of the decoder (17,261,825 parameters at base 64).
+
+The default is also the reproducible one: the backward pass of bilinear interpolation has no deterministic
+CUDA kernel, so ``torch.use_deterministic_algorithms(True)`` raises on a GPU with ``bilinear=True`` (as
+torch 2.14's ``use_deterministic_algorithms`` documentation states), while transposed convolution has a
+deterministic kernel.
 """
 
 from __future__ import annotations

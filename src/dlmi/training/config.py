@@ -71,6 +71,7 @@ class TrainConfig:
     augment: bool = False
     best_metric: str | None = None
     device: str = "auto"
+    deterministic: bool = True
     seed: int = 0
     workers: int = 0
     split: str | None = None

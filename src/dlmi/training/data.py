@@ -95,6 +95,17 @@ def class_balanced_sampler(samples: Sequence[Sample], generator: torch.Generator
     return WeightedRandomSampler(weights, num_samples=len(samples), replacement=True, generator=generator)
 
 
+def make_train_sampler(class_balance: str, samples: Sequence[Sample],
+                       generator: torch.Generator) -> Sampler[int] | None:
+    """The training sampler: ``None`` (a shuffle drawn from ``generator``) or class-balanced draws.
+
+    The one place a distributed sampler would slot in.
+    """
+    if class_balance == "sampler":
+        return class_balanced_sampler(samples, generator)
+    return None
+
+
 def class_weights(samples: Sequence[Sample], num_classes: int) -> list[float]:
     """Cross-entropy weights ``N / (K · n_k)`` (1 for every class when balanced; 0 for an absent class)."""
     counts = Counter(s.label for s in samples)

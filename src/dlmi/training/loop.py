@@ -176,7 +176,11 @@ class Trainer:
             best_epoch=self.state.best_epoch,
         )
         save_checkpoint(self.run.last, last)
-        plot_learning_curves(self.run.read_metrics(), self.run.path, self.steps.task)
+        config = self.config
+        context = f"{config.dataset}, {config.image_size} px, {config.model}" + (
+            f", loss {config.loss}" if self.steps.task == "segmentation" else "") + (
+            ", aided" if config.aid else "")
+        plot_learning_curves(self.run.read_metrics(), self.run.path, self.steps.task, context)
 
     # -- epochs --------------------------------------------------------------------------------------
     def _batches(self, loader: DataLoader) -> Iterator[dict[str, Any]]:

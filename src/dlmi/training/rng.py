@@ -9,13 +9,17 @@ import numpy as np
 import torch
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch (CPU and every GPU); cuDNN picks deterministic kernels."""
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, numpy and torch (CPU and every GPU).
+
+    ``deterministic``: cuDNN uses deterministic kernels and no autotuning; otherwise it may autotune
+    (faster on a GPU, not reproducible there). CPU runs are reproducible either way.
+    """
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
 
 
 def capture_rng(generator: torch.Generator | None = None) -> dict[str, Any]:

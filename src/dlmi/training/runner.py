@@ -21,10 +21,10 @@ from dlmi.training.config import CLASSIFICATION, SEGMENTATION, TrainConfig
 from dlmi.training.data import (
     SIDES,
     RunData,
-    class_balanced_sampler,
     class_weights,
     make_default_split,
     make_loader,
+    make_train_sampler,
     prepare_data,
     read_split,
 )
@@ -35,7 +35,7 @@ from dlmi.training.run_dir import RunFolder
 from dlmi.training.segmenter import SegmentationSteps
 
 # Settings that may change when a run is resumed; any other change would make a different run.
-RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "quiet")
+RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "quiet", "deterministic")
 
 
 def train_classifier(config: TrainConfig) -> Path:
@@ -172,15 +172,14 @@ def _build_steps(config: TrainConfig, data: RunData, gate: ClassifierGate | None
 def _build_trainer(config: TrainConfig, run: RunFolder, data: RunData, gate: ClassifierGate | None,
                    device: torch.device) -> Trainer:
     meta = _make_meta(config, data, run)
-    seed_everything(config.seed)
+    seed_everything(config.seed, config.deterministic)
     model = _create_model(meta)
     steps = _build_steps(config, data, gate, device)
     generator = torch.Generator().manual_seed(config.seed)
     transform = JointAugment() if config.augment else None
     train_set = ImageDataset(data.source, data.samples["train"], config.image_size, transform=transform)
     val_set = ImageDataset(data.source, data.samples["val"], config.image_size)
-    sampler = class_balanced_sampler(data.samples["train"], generator) if config.class_balance == "sampler" \
-        else None
+    sampler = make_train_sampler(config.class_balance, data.samples["train"], generator)
     pin = device.type == "cuda"
     train_loader = make_loader(train_set, batch_size=config.batch_size, workers=config.workers,
                                generator=generator, shuffle=True, sampler=sampler, pin_memory=pin)
