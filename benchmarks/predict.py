@@ -58,6 +58,7 @@ from dlmi.training.run import build_meta, load_trained
 
 REPO = Path(__file__).resolve().parents[1]
 BUSI_CLASSES = ("normal", "benign", "malignant")
+MEMORY_MODEL_SIZE = 64
 
 
 def rss_mib() -> float:
@@ -98,6 +99,7 @@ def timed_rounds(runners: dict[str, Callable[[], None]], rounds: int) -> dict[st
     times: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(rounds):
         for name, run in runners.items():
+            time.sleep(0.2)  # let the other runtime's worker threads go idle (onnxruntime's spin)
             start = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - start)
@@ -113,14 +115,17 @@ def model_only(pipeline: TwoStage, onnx_path: Path, inputs: np.ndarray, batch_si
     """Images/s and latency of the two-stage pipeline, onnxruntime vs eager PyTorch (plus variants)."""
     import onnxruntime as ort
 
-    def ort_session(level: Any = None, n_threads: int = threads) -> Any:
+    def ort_session(level: Any = None, n_threads: int = threads, spin: bool = True) -> Any:
         options = session_options(n_threads)
         if level is not None:
             options.graph_optimization_level = level
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
     sessions = {
         "onnxruntime (dlmi: all optimisations)": ort_session(),
+        "onnxruntime, threads do not spin": ort_session(spin=False),
         "onnxruntime, optimisations off": ort_session(ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
         "onnxruntime, basic optimisations": ort_session(ort.GraphOptimizationLevel.ORT_ENABLE_BASIC),
     }
@@ -150,13 +155,12 @@ def model_only(pipeline: TwoStage, onnx_path: Path, inputs: np.ndarray, batch_si
         torch.set_num_threads(threads)
         times = timed_rounds(runners, rounds)
         for name, walls in times.items():
-            wall = statistics.median(walls)
-            per_batch = [w / len(chunks) for w in walls]
             rows.append({
                 "runtime": name, "batch_size": batch, "images": len(inputs), "rounds": rounds,
-                "images_per_s": len(inputs) / wall,
-                "latency_ms_per_image": 1000 * statistics.median(per_batch) / batch,
-                "batch_latency_ms_median": 1000 * statistics.median(per_batch),
+                "images_per_s": len(inputs) / statistics.median(walls),
+                "images_per_s_best": len(inputs) / min(walls),
+                "latency_ms_per_image": 1000 * statistics.median(walls) / len(inputs),
+                "latency_ms_per_image_best": 1000 * min(walls) / len(inputs),
                 "wall_s": walls,
             })
     return rows
@@ -182,12 +186,14 @@ def end_to_end(files: list[Path], models: Path, checkpoints: list[Path], workdir
             wall = time.perf_counter() - start
             rows.append({"backend": backend, "running_on": predictor.running_on,
                          "mode": "tile" if tile else "resize", "images": summary.predicted,
-                         "failed": len(summary.failed), "wall_s": wall, "images_per_s": summary.predicted / wall,
-                         "out": str(out)})
+                         "failed": len(summary.failed), "wall_s": wall,
+                         "images_per_s": summary.predicted / wall, "out": str(out)})
     return rows
 
 
-def mask_quality(files: list[Path], rows: list[dict[str, Any]], folder_names: list[str]) -> list[dict[str, Any]]:
+def mask_quality(
+    files: list[Path], rows: list[dict[str, Any]], folder_names: list[str]
+) -> list[dict[str, Any]]:
     """mIoU at original size of each end-to-end run against BUSI's (OR-merged) masks."""
     truths = []
     for path in files:
@@ -206,8 +212,16 @@ def mask_quality(files: list[Path], rows: list[dict[str, Any]], folder_names: li
     return quality
 
 
-def memory_profile(models: Path, workdir: Path, count: int, threads: int, batch_size: int) -> dict[str, Any]:
-    """RSS every 100 images while predicting ``count`` small synthetic images (onnxruntime, resize)."""
+def memory_profile(workdir: Path, count: int, threads: int, batch_size: int) -> dict[str, Any]:
+    """RSS every 100 images while predicting ``count`` small synthetic images (onnxruntime, aided, resize).
+
+    Memory flatness does not depend on the models' size, so small random ones (64 px, U-Net width 8) keep
+    this quick.
+    """
+    small = workdir / "small"
+    small.mkdir()
+    export_onnx(*random_checkpoints(small, MEMORY_MODEL_SIZE, MEMORY_MODEL_SIZE, 8), small / "models")
+    models = small / "models"
     folder = workdir / "many"
     rng = np.random.default_rng(0)
     for i in range(count):
@@ -222,12 +236,13 @@ def memory_profile(models: Path, workdir: Path, count: int, threads: int, batch_
             samples.append((int(message.split()[0]), rss_mib()))
 
     start = time.perf_counter()
-    predict_folder(folder, workdir / "many-out", predictor, PredictSettings(aided=True, batch_size=batch_size),
-                   log=log)
+    settings = PredictSettings(aided=True, batch_size=batch_size)
+    predict_folder(folder, workdir / "many-out", predictor, settings, log=log)
     wall = time.perf_counter() - start
     samples.append((count, rss_mib()))
     after_first = [m for n, m in samples if n >= 100]
-    return {"images": count, "image_size": "128x96", "wall_s": wall, "rss_mib": samples,
+    return {"images": count, "image_size": "128x96", "model_size": MEMORY_MODEL_SIZE, "wall_s": wall,
+            "rss_mib": samples,
             "rss_growth_after_first_100_mib": (max(after_first) - min(after_first)) if after_first else None}
 
 
@@ -243,27 +258,33 @@ def markdown(result: dict[str, Any]) -> str:
         f"({s['classifier_params']:,} parameters); U-Net base width {s['base_channels']} at "
         f"{s['size']}×{s['size']} ({s['segmenter_params']:,} parameters); fp32.",
         f"- Images: {s['images']} BUSI images (every k-th file over normal/benign/malignant, "
-        f"{s['image_sizes']}), greyscale, resized to {s['size']}×{s['size']}; the same arrays for both runtimes.",
-        "- images/s = images ÷ wall time of one pass over all of them (median of the rounds); latency = "
-        "median wall time of one batch ÷ batch size. Rounds alternate the runtimes.",
+        f"{s['image_sizes']}), greyscale, resized to {s['size']}×{s['size']}; the same arrays for both "
+        "runtimes.",
+        f"- images/s = images ÷ wall time of one pass over all of them in batches; ms/image = that wall time "
+        f"÷ images (at batch 1: the per-image latency). {s['rounds']} timed rounds after one warm-up pass; "
+        "each round runs every runtime once, in turn, with a 0.2 s pause between. *median* = the median "
+        "round, *best* = the fastest (least disturbed by other load on the machine).",
         "",
         "## Model only (two_stage.onnx vs the same TwoStage module in eager PyTorch)",
         "",
-        "| runtime | batch | images/s | latency ms/image | vs PyTorch eager |",
-        "|---|---:|---:|---:|---:|",
+        "| runtime | batch | images/s (median) | ms/image (median) | images/s (best round) "
+        "| vs PyTorch eager (median / best) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for batch in s["batch_sizes"]:
         rows = [r for r in result["model_only"] if r["batch_size"] == batch]
-        base = next(r for r in rows if r["runtime"] == "PyTorch eager")["images_per_s"]
+        base = next(r for r in rows if r["runtime"] == "PyTorch eager")
         for r in rows:
             lines.append(f"| {r['runtime']} | {batch} | {r['images_per_s']:.2f} | "
-                         f"{r['latency_ms_per_image']:.1f} | {r['images_per_s'] / base:.2f}× |")
+                         f"{r['latency_ms_per_image']:.1f} | {r['images_per_s_best']:.2f} | "
+                         f"{r['images_per_s'] / base['images_per_s']:.2f}× / "
+                         f"{r['images_per_s_best'] / base['images_per_s_best']:.2f}× |")
     lines += [
         "",
         "## End to end (`predict_folder`: read, preprocess, predict, resize back, write PNGs and tables)",
         "",
-        f"Batch size {s['e2e_batch_size']}. Tile: overlapping {s['size']}×{s['size']} tiles (50% overlap, Hann "
-        "blending) at the image's own resolution; the classifier sees the whole image resized.",
+        f"Batch size {s['e2e_batch_size']}. Tile: overlapping {s['size']}×{s['size']} tiles (50% overlap, "
+        "Hann blending) at the image's own resolution; the classifier sees the whole image resized.",
         "",
         "| backend | mode | images | images/s | wall s |",
         "|---|---|---:|---:|---:|",
@@ -285,9 +306,12 @@ def markdown(result: dict[str, Any]) -> str:
     if m:
         samples = ", ".join(f"{n}: {r:.0f}" for n, r in m["rss_mib"])
         lines += ["", "## Memory over many images", "",
-                  f"{m['images']} synthetic {m['image_size']} PNGs, onnxruntime, aided, resize: RSS (MiB) after "
-                  f"n images — {samples}. Growth after the first 100 images: "
-                  f"{m['rss_growth_after_first_100_mib']:.1f} MiB ({m['images'] / m['wall_s']:.1f} images/s)."]
+                  f"{m['images']} synthetic {m['image_size']} PNGs, onnxruntime, aided, resize, small random "
+                  f"models ({m['model_size']} px, U-Net width 8; memory flatness does not depend on the "
+                  f"models' size): RSS (MiB) "
+                  f"after n images — {samples}. Growth after the first 100 images: "
+                  f"{m['rss_growth_after_first_100_mib']:.1f} MiB "
+                  f"({m['images'] / m['wall_s']:.1f} images/s)."]
     lines += ["", "## Notes", "", *[f"- {n}" for n in result["notes"]], ""]
     return "\n".join(lines)
 
@@ -306,6 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--segmenter", type=Path, help="trained segmenter run folder or .pt")
     parser.add_argument("--memory-images", type=int, default=2000)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--name", default="predict-cpu", help="results file name (without .md / .json)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -337,15 +362,15 @@ def main(argv: list[str] | None = None) -> None:
                            for g, w in zip(got, want, strict=True)))
 
         print("model only ...", file=sys.stderr)
-        model_rows = model_only(pipeline, work / "models" / "two_stage.onnx", inputs, batch_sizes, args.threads,
-                                args.rounds)
+        model_rows = model_only(pipeline, work / "models" / "two_stage.onnx", inputs, batch_sizes,
+                                args.threads, args.rounds)
         print("end to end ...", file=sys.stderr)
         e2e_batch = max(batch_sizes)
         e2e = end_to_end(files, work / "models", [cls_path, seg_path], work, args.threads, e2e_batch)
         names = sorted(p.name for p in (work / "images").iterdir())
         quality = mask_quality(files, e2e, names) if "trained" in weights else []
         print("memory ...", file=sys.stderr)
-        memory = memory_profile(work / "models", work, args.memory_images, args.threads, e2e_batch) \
+        memory = memory_profile(work, args.memory_images, args.threads, e2e_batch) \
             if args.memory_images else None
 
     def params(model: torch.nn.Module) -> int:
@@ -356,12 +381,14 @@ def main(argv: list[str] | None = None) -> None:
         "setup": {
             "date": time.strftime("%Y-%m-%d"), "cpu": platform.processor() or platform.machine(),
             "threads": args.threads, "torch": torch.__version__, "onnxruntime": ort.__version__,
-            "dlmi": __version__, "weights": weights, "size": seg.image_size, "classifier_size": cls.image_size,
+            "dlmi": __version__, "weights": weights, "size": seg.image_size,
+            "classifier_size": cls.image_size,
             "base_channels": (seg.meta.get("model_options") or {}).get("base_channels", 64),
             "classifier_params": params(cls.model), "segmenter_params": params(seg.model),
             "images": len(files), "image_sizes": f"{widths[0][0]}–{widths[0][-1]} px wide, "
                                                  f"{widths[1][0]}–{widths[1][-1]} px high",
-            "batch_sizes": batch_sizes, "e2e_batch_size": e2e_batch, "export_s": export_s,
+            "batch_sizes": batch_sizes, "e2e_batch_size": e2e_batch, "rounds": args.rounds,
+            "export_s": export_s,
             "parity_max_abs_diff": parity,
         },
         "model_only": model_rows,
@@ -370,11 +397,13 @@ def main(argv: list[str] | None = None) -> None:
         "memory": memory,
         "notes": [],
     }
-    result["notes"].append(f"Parity on these images: max |onnxruntime − PyTorch| over all outputs = {parity:.2e}.")
-    result["notes"].append(f"Export (3 graphs, torch.onnx dynamo exporter + parity checks) took {export_s:.0f} s.")
+    result["notes"].append(f"Parity on these images: max |onnxruntime − PyTorch| over all outputs = "
+                           f"{parity:.2e}.")
+    result["notes"].append(f"Export (3 graphs, torch.onnx dynamo exporter + parity checks) took "
+                           f"{export_s:.0f} s.")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "predict-cpu.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "predict-cpu.md").write_text(markdown(result))
+    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / f"{args.name}.md").write_text(markdown(result))
     print(markdown(result))
 
 

@@ -177,6 +177,14 @@ def test_fp16_export_runs_and_reports_looser_parity(tmp_path):
     probs32 = session(tmp_path / "out" / "unet.onnx").run(["probs"], {"image": x})[0]
     assert np.abs(probs16 - probs32).max() <= 1e-2
 
+    from dlmi.inference.predictor import open_predictor
+
+    predictor = open_predictor([tmp_path / "out"], provider="cpu", aided=True, fp16=True)
+    assert set(predictor.paths.values()) == {tmp_path / "out" / "two_stage_fp16.onnx"}
+    square = np.random.default_rng(6).random((3, 1, SEGMENTER_SIZE, SEGMENTER_SIZE), dtype=np.float32)
+    probs, masks, gated = predictor.two_stage(square)
+    assert probs.dtype == masks.dtype == np.float32 and gated.dtype == bool
+
 
 @pytest.mark.slow
 def test_cli_export_segmenter_only(tmp_path, cli):

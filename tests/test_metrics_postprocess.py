@@ -102,6 +102,8 @@ def test_candidates_scale_with_image_size_and_apply_to_batches():
     names = [c.name for c in candidate_postprocesses(64)]
     assert names[:2] == ["none", "largest-component"]
     assert "min-size-41px" in names  # 1 % of 64*64 = 40.96
+    assert [c.name for c in candidate_postprocesses(32)] == [
+        "none", "largest-component", "min-size-3px", "min-size-5px", "min-size-10px"]  # 1 px would be a no-op
     batch = np.stack([two_blobs(), np.zeros((32, 32), bool)])
     outs = apply_candidates(batch, [PostProcess("none"), PostProcess("largest"), PostProcess("min-size", 10)])
     assert outs[0].sum() == 129 and outs[1].sum() == 120 and outs[2].sum() == 120

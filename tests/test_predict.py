@@ -247,3 +247,15 @@ def test_output_names_keep_clashing_stems_apart():
     assert stems[files[0]] == "a_png" and stems[files[1]] == "a_jpg"
     assert stems[files[2]] == "b" and stems[files[3]] == "x/a"
     assert len(set(stems.values())) == len(files)
+
+
+def test_exclude_patterns_and_non_images_are_left_out(tmp_path):
+    from dlmi.inference.discovery import find_images
+
+    for name in ("a.png", "a_mask.png", "sub/B_MASK_1.PNG", "sub/c.TIF", "notes.txt", "sub/d.jpeg.txt"):
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    assert [str(p) for p in find_images(tmp_path)] == ["a.png", "a_mask.png", "sub/B_MASK_1.PNG", "sub/c.TIF"]
+    assert [str(p) for p in find_images(tmp_path, patterns=["*_mask*"])] == ["a.png", "sub/c.TIF"]
+    assert [str(p) for p in find_images(tmp_path, patterns=["sub/*"])] == ["a.png", "a_mask.png"]

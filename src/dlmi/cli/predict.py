@@ -29,21 +29,28 @@ def predict_command(
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo images already predicted in OUT."),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads (0: the runtime's default)."),
+    fp16: bool = typer.Option(
+        False, "--fp16", help="Run the *_fp16.onnx files (from export --fp16; for GPUs)."
+    ),
+    exclude: list[str] | None = typer.Option(
+        None, "--exclude", help="Leave out files whose name or path matches this glob, e.g. '*_mask*' "
+                                "(repeatable)."
+    ),
 ) -> None:
     """Predict a lesion mask for every image under FOLDER: a mask PNG at the image's size, an overlay
     PNG, and predictions.csv / predictions.json in OUT. With --aided, the classifier runs first and
     its 'normal' verdict empties the mask. A file that cannot be read is named and skipped (exit 1).
 
-    Example: `dlmi predict --aided scans/ --models exported/ --out predictions/`
+    Example: `dlmi predict --aided scans/ --models exported/ --out predictions/ --exclude '*_mask*'`
     """
     from dlmi.inference.folder import PredictSettings, predict_folder
     from dlmi.inference.predictor import open_predictor
 
     predictor = open_predictor(models or [], backend=backend, provider=provider, aided=aided, tile=tile,
-                               threads=threads or None)
+                               threads=threads or None, fp16=fp16)
     typer.echo(f"running on: {predictor.running_on}")
     settings = PredictSettings(aided=aided, tile=tile, threshold=threshold, batch_size=batch_size,
-                               overwrite=overwrite)
+                               overwrite=overwrite, exclude=tuple(exclude or ()))
     summary = predict_folder(folder, out, predictor, settings,
                              log=lambda message: typer.echo(f"dlmi: {message}", err=True))
     typer.echo(

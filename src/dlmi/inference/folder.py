@@ -31,13 +31,15 @@ PROGRESS_EVERY = 100
 @dataclass
 class PredictSettings:
     """How to predict: with the classifier's gate (``aided``), tiled or resized, the mask threshold
-    (``None``: the segmenter's own), images per batch, and whether to redo finished images."""
+    (``None``: the segmenter's own), images per batch, whether to redo finished images, and glob patterns
+    of files to leave out (``exclude``, e.g. ``*_mask*``)."""
 
     aided: bool = False
     tile: bool = False
     threshold: float | None = None
     batch_size: int = 8
     overwrite: bool = False
+    exclude: tuple[str, ...] = ()
 
 
 @dataclass
@@ -190,7 +192,7 @@ def predict_folder(
     settings = settings or PredictSettings()
     folder, out = Path(folder), Path(out)
     _check(settings, folder, out)
-    files = find_images(folder, exclude=out)
+    files = find_images(folder, exclude=out, patterns=settings.exclude)
     if not files:
         raise DlmiError(f"{folder}: no images (png, jpg, jpeg, bmp, tif) under this folder")
     run = _Run(folder, out, predictor, settings, log)

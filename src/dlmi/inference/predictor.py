@@ -258,14 +258,18 @@ def open_predictor(
     aided: bool = False,
     tile: bool = False,
     threads: int | None = None,
+    fp16: bool = False,
 ) -> Predictor:
-    """A predictor for ``models``: one export folder (``onnx``), or run folders / checkpoints / an export
-    folder whose ``export.json`` names its checkpoints (``torch``)."""
+    """A predictor for ``models``: one export folder (``onnx``; its ``*_fp16.onnx`` files with ``fp16``), or
+    run folders / checkpoints / an export folder whose ``export.json`` names its checkpoints (``torch``)."""
     if backend not in BACKENDS:
         raise DlmiError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
     models = list(models) or ["exported"]
     if backend == "onnx":
         if len(models) != 1:
             raise DlmiError(f"--backend onnx takes one --models folder (the export's), got {len(models)}")
-        return OnnxPredictor(models[0], provider=provider, aided=aided, tile=tile, threads=threads)
+        return OnnxPredictor(models[0], provider=provider, aided=aided, tile=tile, threads=threads,
+                             precision="fp16" if fp16 else "fp32")
+    if fp16:
+        raise DlmiError("--fp16 runs the exported *_fp16.onnx files: it needs --backend onnx")
     return TorchPredictor(models, provider=provider, aided=aided, threads=threads)

@@ -166,9 +166,13 @@ class PostProcess:
 
 
 def candidate_postprocesses(image_size: int | tuple[int, int]) -> list[PostProcess]:
-    """The options tried on the val side: none, largest component, and min-size at fractions of the image."""
+    """The options tried on the val side: none, largest component, and min-size at fractions of the image.
+
+    Min-size floors are :data:`MIN_SIZE_FRACTIONS` of the image's pixel count, rounded, 2 pixels at least.
+    """
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
-    sizes = sorted({max(1, round(f * height * width)) for f in MIN_SIZE_FRACTIONS})
+    # A floor of 1 pixel removes nothing, so tiny images get fewer candidates.
+    sizes = sorted({n for f in MIN_SIZE_FRACTIONS if (n := round(f * height * width)) >= 2})
     return [PostProcess("none"), PostProcess("largest"), *(PostProcess("min-size", n) for n in sizes)]
 
 
