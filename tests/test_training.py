@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -66,16 +68,30 @@ class TinyPlugin:
         register("tiny-lesions", TinyLesions)
 
 
-@pytest.fixture(autouse=True)
-def tiny_plugins():
-    """The built-ins plus the tiny dataset; one thread (the test machine is shared)."""
+@contextmanager
+def tiny_environment(cache_dir: Path):
+    """The built-ins plus the tiny dataset, one thread (the test machine is shared), a private hash cache."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     previous = get_plugins()
     reset_plugins(load_plugins(extra=[(TinyPlugin, "test")]))
-    yield
-    reset_plugins(previous)
-    torch.set_num_threads(threads)
+    old_cache = os.environ.get("DLMI_CACHE_DIR")
+    os.environ["DLMI_CACHE_DIR"] = str(cache_dir)
+    try:
+        yield
+    finally:
+        if old_cache is None:
+            os.environ.pop("DLMI_CACHE_DIR", None)
+        else:
+            os.environ["DLMI_CACHE_DIR"] = old_cache
+        reset_plugins(previous)
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def tiny_plugins(tmp_path_factory):
+    with tiny_environment(tmp_path_factory.getbasetemp() / "cache"):
+        yield
 
 
 def classifier_config(out: Path, **changes) -> TrainConfig:
@@ -99,15 +115,8 @@ def metrics_of(run_dir: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def classifier_run(tmp_path_factory) -> Path:
     """One tiny classifier run shared by the tests that need a trained classifier."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    previous = get_plugins()
-    reset_plugins(load_plugins(extra=[(TinyPlugin, "test")]))
-    try:
+    with tiny_environment(tmp_path_factory.getbasetemp() / "cache"):
         return train_classifier(classifier_config(tmp_path_factory.mktemp("cls") / "run", lr=3e-4))
-    finally:
-        reset_plugins(previous)
-        torch.set_num_threads(threads)
 
 
 def test_classifier_run_folder_and_learning(classifier_run: Path) -> None:
@@ -295,3 +304,23 @@ def test_joint_augmentation_moves_the_mask_with_the_image() -> None:
     assert float(out_image.min()) >= 0.0 and float(out_image.max()) <= 1.0
     # The lesion (bright disk) is still under the moved mask.
     assert out_image[out_mask.bool()].mean() > out_image[~out_mask.bool()].mean() + 0.2
+
+
+def test_cosine_schedule_and_class_weights() -> None:
+    from dlmi.training.data import class_weights
+    from dlmi.training.loop import scheduled_lr
+
+    config = TrainConfig(task="segmentation", dataset="x", out="x", epochs=4, scheduler="cosine").resolved()
+    assert [scheduled_lr(config, e) for e in (1, 3)] == pytest.approx([1e-3, 0.5e-3])
+    assert scheduled_lr(config, 4) < scheduled_lr(config, 3)
+    flat = TrainConfig(task="segmentation", dataset="x", out="x", epochs=4).resolved()
+    assert {scheduled_lr(flat, e) for e in (1, 2, 3, 4)} == {1e-3}
+    labels = [Sample(f"k{i}", label) for i, label in enumerate([0, 0, 0, 1])]
+    assert class_weights(labels, 3) == pytest.approx([4 / 9, 4 / 3, 0.0])
+
+
+def test_classifier_with_class_weights_records_them(tmp_path: Path) -> None:
+    run_dir = train_classifier(classifier_config(tmp_path / "w", epochs=1, class_balance="weights"))
+    assert json.loads((run_dir / "config.json").read_text())["class_balance"] == "weights"
+    with pytest.raises(DlmiError, match="classifier training only"):
+        train_segmenter(segmenter_config(tmp_path / "s", class_balance="weights"))

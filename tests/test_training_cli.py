@@ -22,6 +22,12 @@ CLASSES = ("normal", "benign", "malignant")
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # the test machine's 2 cores are shared
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch) -> None:
+    """The split audit's hash cache in a temporary folder (subprocesses inherit the environment)."""
+    monkeypatch.setenv("DLMI_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
 def write_tiny_busi(root: Path, per_class: int = 10, size: int = 64) -> Path:
     """BUSI's layout: CLASS/NAME.png plus NAME_mask.png; lesions are bright disks, normals empty masks."""
     for label, name in enumerate(CLASSES):

@@ -27,6 +27,7 @@ H_DETERMINISTIC = "cuDNN: deterministic kernels (reproducible) or autotuned (fas
 H_SEED = "Seed for weights, order and augmentation; same seed on CPU → same weights. [default: 0]"
 H_WORKERS = "Data-loading worker processes. [default: 0]"
 H_SPLIT = "Split file (from `dlmi data split`); without it a default split is made and saved in the run."
+H_FOLD = "Fold K of a k-fold split file: train on its train part, validate on its val part."
 H_SCHED = "Learning-rate schedule: none or cosine. [default: none]"
 H_BALANCE = "Class balance: none, sampler (class-balanced draws) or weights (CE weights). [default: none]"
 H_AUGMENT = "Joint image/mask augmentation: horizontal flip, small affine, brightness/contrast."
@@ -107,6 +108,7 @@ def classifier_command(
     seed: int = typer.Option(None, "--seed", help=H_SEED),
     workers: int = typer.Option(None, "--workers", help=H_WORKERS),
     split: Path = typer.Option(None, "--split", help=H_SPLIT),
+    fold: int = typer.Option(None, "--fold", help=H_FOLD),
     scheduler: str = typer.Option(None, "--scheduler", help=H_SCHED),
     class_balance: str = typer.Option(None, "--class-balance", help=H_BALANCE),
     augment: bool = typer.Option(False, "--augment", help=H_AUGMENT),
@@ -123,7 +125,7 @@ def classifier_command(
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, base_channels=base_channels,
         model_options=_parse_options(model_option) or None, device=device, deterministic=deterministic,
         seed=seed, workers=workers,
-        split=str(split) if split else None, scheduler=scheduler, class_balance=class_balance,
+        split=str(split) if split else None, fold=fold, scheduler=scheduler, class_balance=class_balance,
         augment=augment or None, quiet=quiet or None,
     )
     _run("classification", settings, resume)
@@ -151,6 +153,7 @@ def segmenter_command(
     seed: int = typer.Option(None, "--seed", help=H_SEED),
     workers: int = typer.Option(None, "--workers", help=H_WORKERS),
     split: Path = typer.Option(None, "--split", help=H_SPLIT + " With --aid, the classifier's split."),
+    fold: int = typer.Option(None, "--fold", help=H_FOLD),
     scheduler: str = typer.Option(None, "--scheduler", help=H_SCHED),
     class_balance: str = typer.Option(None, "--class-balance",
                                       help="Class balance: none or sampler (class-balanced draws)."),
@@ -168,7 +171,7 @@ def segmenter_command(
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, base_channels=base_channels,
         model_options=_parse_options(model_option) or None, device=device, deterministic=deterministic,
         seed=seed, workers=workers,
-        split=str(split) if split else None, scheduler=scheduler, class_balance=class_balance,
+        split=str(split) if split else None, fold=fold, scheduler=scheduler, class_balance=class_balance,
         augment=augment or None, quiet=quiet or None,
     )
     _run("segmentation", settings, resume)

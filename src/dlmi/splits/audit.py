@@ -54,7 +54,8 @@ class DuplicatePair:
     mask_iou: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"a": self.first, "b": self.second, "distance": self.distance, "kind": self.kind}
+        data: dict[str, Any] = {"a": self.first, "b": self.second, "distance": self.distance,
+                                "kind": self.kind}
         if self.mask_iou is not None:
             data["mask_iou"] = round(self.mask_iou, 4)
         return data
@@ -136,7 +137,10 @@ def check_threshold(threshold: int | None) -> int:
     return int(threshold)
 
 
-def _hash_one(source: DatasetSource, sample: Sample, cache: HashCache) -> tuple[str | None, CachedHashes, bool]:
+def _hash_one(
+    source: DatasetSource, sample: Sample, cache: HashCache
+) -> tuple[str | None, CachedHashes, bool]:
+    """(file digest or None, hashes, whether they came from the cache) of one sample."""
     digest = None
     if sample.image_path is not None:
         try:
@@ -226,7 +230,7 @@ def _mask_on_grid(mask: np.ndarray, box: tuple[float, float, float, float]) -> n
 
 
 def mask_iou(framed_mask: np.ndarray, other_mask: np.ndarray, probe: int) -> float:
-    """IoU of ``framed_mask`` (whole frame) and ``other_mask``'s probe box, on a 64×64 grid; 1.0 if both empty."""
+    """IoU of ``framed_mask`` and ``other_mask``'s probe box on a 64×64 grid (1.0 when both are empty)."""
     a = _mask_on_grid(framed_mask, (0.0, 0.0, 1.0, 1.0))
     b = _mask_on_grid(other_mask, probe_boxes()[probe])
     union = np.logical_or(a, b).sum()
@@ -326,4 +330,5 @@ def audit_dataset(
     source = get_dataset(dataset_name)
     folder = Path(data_dir) if data_dir is not None else None
     samples = source.samples(folder)
-    return audit_samples(source, samples, threshold=threshold, data_dir=folder, cache=cache, progress=progress)
+    return audit_samples(source, samples, threshold=threshold, data_dir=folder, cache=cache,
+                         progress=progress)

@@ -39,7 +39,9 @@ def axis_trims(max_trim: float = MAX_TRIM, step: float = TRIM_STEP) -> list[tupl
 
 
 @lru_cache(maxsize=4)
-def probe_boxes(max_trim: float = MAX_TRIM, step: float = TRIM_STEP) -> tuple[tuple[float, float, float, float], ...]:
+def probe_boxes(
+    max_trim: float = MAX_TRIM, step: float = TRIM_STEP
+) -> tuple[tuple[float, float, float, float], ...]:
     """Probe boxes ``(x0, y0, x1, y1)`` as fractions of the frame; box 0 is the whole frame."""
     trims = axis_trims(max_trim, step)
     return tuple((x0, y0, x1, y1) for (y0, y1) in trims for (x0, x1) in trims)
@@ -80,9 +82,15 @@ def image_hashes(image: np.ndarray) -> np.ndarray:
     if image.ndim != 2 or image.size == 0:
         raise ValueError(f"expected a non-empty 2-D grey image, got shape {image.shape}")
     picture = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
-    factor = min(picture.size) // _REDUCE_TO
-    if factor > 1:
-        picture = picture.reduce(factor)
+    import os
+    side = int(os.environ.get("DLMI_WORK", "128"))
+    if side > 0:
+        scale = side / min(picture.size)
+        size = (max(1, round(picture.size[0] * scale)), max(1, round(picture.size[1] * scale)))
+        picture = picture.resize(size, Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR)
+    if os.environ.get("DLMI_MEDIAN"):
+        from PIL import ImageFilter
+        picture = picture.filter(ImageFilter.MedianFilter(int(os.environ["DLMI_MEDIAN"])))
     width, height = picture.size
     boxes = [(x0 * width, y0 * height, x1 * width, y1 * height) for (x0, y0, x1, y1) in probe_boxes()]
     box_filter = Image.Resampling.BOX
@@ -109,8 +117,9 @@ class HashMatch:
 
 
 def _distances(frames: np.ndarray, probes: np.ndarray) -> np.ndarray:
-    """(F, 2) frames against (M, P, 2) probes → (F, M, P) bit distances."""
-    return np.bitwise_count(frames[:, None, None, :] ^ probes[None]).sum(axis=-1, dtype=np.int32)
+    """(F, 2) frames against (M, P, 2) probes → (F, M, P) bit distances (uint8: at most 128)."""
+    counts = np.bitwise_count(frames[:, None, None, :] ^ probes[None])
+    return counts[..., 0] + counts[..., 1]
 
 
 def near_pairs(hashes: np.ndarray, threshold: int) -> list[HashMatch]:

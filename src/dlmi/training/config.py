@@ -75,6 +75,7 @@ class TrainConfig:
     seed: int = 0
     workers: int = 0
     split: str | None = None
+    fold: int | None = None
     quiet: bool = False
 
     def resolved(self) -> TrainConfig:
@@ -93,6 +94,7 @@ class TrainConfig:
             (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
             (self.workers >= 0, f"workers must be 0 or more, got {self.workers}"),
+            (self.fold is None or self.fold >= 0, f"fold must be 0 or more, got {self.fold}"),
             (self.lr is None or self.lr > 0, f"lr must be positive, got {self.lr}"),
             (self.weight_decay is None or self.weight_decay >= 0,
              f"weight_decay must be 0 or more, got {self.weight_decay}"),

@@ -63,16 +63,20 @@ def make_default_split(config: TrainConfig) -> Any:
     return make_split(config.dataset, Path(config.data_dir) if config.data_dir else None)
 
 
-def split_sides(split: Any, samples: Sequence[Sample]) -> dict[str, list[Sample]]:
+def split_sides(split: Any, samples: Sequence[Sample], fold: int | None = None) -> dict[str, list[Sample]]:
+    """The samples of each side (of fold ``fold`` of a k-fold split)."""
     from dlmi.splits import split_samples
 
-    return {side: list(split_samples(split, list(samples), side)) for side in SIDES}
+    return {side: list(split_samples(split, list(samples), side, fold=fold)) for side in SIDES}
 
 
 def prepare_data(config: TrainConfig, split: Any, *, split_name: str = "split") -> RunData:
     """Load the source and cut its samples by ``split``; a run needs training and validation samples."""
+    split_dataset = getattr(split, "dataset", config.dataset)
+    if split_dataset != config.dataset:
+        raise DlmiError(f"{split_name}: a split of dataset {split_dataset!r}, not of {config.dataset!r}")
     source, samples = load_source(config)
-    sides = split_sides(split, samples)
+    sides = split_sides(split, samples, config.fold)
     for side in ("train", "val"):
         if not sides[side]:
             raise DlmiError(f"{split_name}: the split has no {side} samples for dataset {config.dataset!r}")

@@ -116,9 +116,12 @@ def resume_training(run_dir: str | os.PathLike[str], **overrides: Any) -> Path:
 def check_same_split(data: RunData, gate: ClassifierGate) -> None:
     """The aid classifier's split must cut this dataset exactly as the segmenter's split does."""
     split_path = aid_split_path(gate)
+    aid_config = split_path.parent / "config.json"
+    fold = TrainConfig.load(aid_config).fold if aid_config.is_file() else None
     from dlmi.training.data import split_sides
 
-    aid_sides = split_sides(read_split(split_path), [s for side in SIDES for s in data.samples[side]])
+    aid_split = read_split(split_path)
+    aid_sides = split_sides(aid_split, [s for side in SIDES for s in data.samples[side]], fold)
     for side in SIDES:
         ours, theirs = data.keys(side), sorted(s.key for s in aid_sides[side])
         if ours != theirs:
