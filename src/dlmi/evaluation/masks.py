@@ -23,42 +23,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from dlmi.errors import DlmiError
-from dlmi.imageio import is_image_file, to_grey
+from dlmi.imageio import is_image_file, read_mask
 from dlmi.metrics.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
 from dlmi.metrics.segmentation import SegmentationScores
 
-BINARISE_RULE = ("lesion where the grey value is above 127; in a mask whose values are only 0 and 1 "
-                 "(a label map), lesion where it is 1")
-
-
-def _open_image(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image
-    except FileNotFoundError:
-        raise DlmiError(f"{path}: file not found") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise DlmiError(f"{path}: not a readable image ({exc})") from None
+BINARISE_RULE = ("the loader's rule (dlmi.imageio.binarise_mask): lesion where the brightest channel "
+                 "is above half the range; in a mask whose values all lie in the lower half "
+                 "(a 0/1 label map), "
+                 "every non-zero pixel")
 
 
 def read_binary_mask(path: Path) -> np.ndarray:
-    """A mask file of any mode as bool (H, W), by :data:`BINARISE_RULE`."""
-    image = _open_image(path)
-    if image.mode == "1":
-        return np.asarray(image, dtype=bool)
-    if image.mode in ("L", "P", "I", "I;16", "I;16B", "I;16L", "F"):
-        values = np.asarray(image)  # a palette image's indices: label maps are often stored this way
-    else:
-        values = to_grey(image)
-    if values.ndim == 3:
-        values = values[..., 0]
-    if values.size and values.max() <= 1 and values.min() >= 0:
-        return values >= 1
-    return values > 127
+    """A mask file of any mode as bool (H, W), read exactly as training reads masks."""
+    return read_mask([path])
 
 
 @dataclass

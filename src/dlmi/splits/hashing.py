@@ -21,7 +21,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-HASH_VERSION = "phash8+dhash8-trim12-step3-v1"
+HASH_VERSION = "phash8+dhash8-side128-trim12-step3-v1"
 MAX_TRIM = 0.12
 TRIM_STEP = 0.03
 HASH_BITS = 128
@@ -29,7 +29,7 @@ DEFAULT_THRESHOLD = 11
 
 _PHASH_SIDE = 32
 _LOW_FREQUENCIES = 8
-_REDUCE_TO = 128  # shrink an image (integer box filter) until its short side is near this, before probing
+_WORKING_SIDE = 128  # every image is first resized so that its short side is this many pixels
 
 
 def axis_trims(max_trim: float = MAX_TRIM, step: float = TRIM_STEP) -> list[tuple[float, float]]:
@@ -62,46 +62,58 @@ def _pack(bits: np.ndarray) -> np.ndarray:
     return np.packbits(bits.astype(bool), axis=1).view("<u8").reshape(len(bits))
 
 
-def _phash(thumbs: np.ndarray) -> np.ndarray:
-    """(N, 32, 32) thumbnails → (N,) uint64 DCT hashes; the DC bit is always 0."""
-    rows = _dct_rows(_PHASH_SIDE, _LOW_FREQUENCIES)
-    coefficients = np.einsum("ij,njk,lk->nil", rows, thumbs, rows).reshape(len(thumbs), -1)
-    median = np.median(coefficients[:, 1:], axis=1, keepdims=True)
-    bits = coefficients > median
-    bits[:, 0] = False
-    return _pack(bits)
+def _box_weights(pixels: int, start: float, end: float, cells: int) -> np.ndarray:
+    """(cells, pixels) weights that average the span [start, end) (in pixels) into ``cells`` equal cells.
+
+    Partial pixels count by their overlap, as a box filter does, so any fractional span is exact.
+    """
+    edges = start + (end - start) * np.arange(cells + 1) / cells
+    left = np.arange(pixels)[None, :]
+    overlap = np.minimum(edges[1:, None], left + 1) - np.maximum(edges[:-1, None], left)
+    return np.clip(overlap, 0.0, None) / ((end - start) / cells)
 
 
-def _dhash(thumbs: np.ndarray) -> np.ndarray:
-    """(N, 8, 9) thumbnails → (N,) uint64 gradient hashes."""
-    return _pack((thumbs[:, :, 1:] > thumbs[:, :, :-1]).reshape(len(thumbs), -1))
+@lru_cache(maxsize=64)
+def _axis_operators(pixels: int, cells: int, dct: bool) -> np.ndarray:
+    """Stacked (trims × rows, pixels) operators: each trim's box average into ``cells`` cells, followed
+    by the 8 lowest DCT rows when ``dct``."""
+    project = _dct_rows(cells, _LOW_FREQUENCIES) if dct else None
+    blocks = []
+    for start, end in axis_trims():
+        weights = _box_weights(pixels, start * pixels, end * pixels, cells)
+        blocks.append(project @ weights if project is not None else weights)
+    return np.concatenate(blocks)
+
+
+def _product(rows: np.ndarray, work: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """``rows @ work @ columns.T`` with einsum: no BLAS threads, whose wake-ups dominate at this size."""
+    return np.einsum("ik,lk->il", np.einsum("ij,jk->ik", rows, work), columns)
 
 
 def image_hashes(image: np.ndarray) -> np.ndarray:
-    """The (225, 2) uint64 hashes (pHash, dHash) of a uint8 grey image's probes; row 0 is the whole frame."""
+    """The (P, 2) uint64 hashes (pHash, dHash) of a uint8 grey image's probes; row 0 is the whole frame.
+
+    The image is resized (box filter) so that its short side is 128 px; every probe's 32×32 and 9×8
+    thumbnails are exact box averages, computed for all probes at once as matrix products.
+    """
     if image.ndim != 2 or image.size == 0:
         raise ValueError(f"expected a non-empty 2-D grey image, got shape {image.shape}")
     picture = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
-    import os
-    side = int(os.environ.get("DLMI_WORK", "128"))
-    if side > 0:
-        scale = side / min(picture.size)
-        size = (max(1, round(picture.size[0] * scale)), max(1, round(picture.size[1] * scale)))
-        picture = picture.resize(size, Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR)
-    if os.environ.get("DLMI_MEDIAN"):
-        from PIL import ImageFilter
-        picture = picture.filter(ImageFilter.MedianFilter(int(os.environ["DLMI_MEDIAN"])))
-    width, height = picture.size
-    boxes = [(x0 * width, y0 * height, x1 * width, y1 * height) for (x0, y0, x1, y1) in probe_boxes()]
-    box_filter = Image.Resampling.BOX
-    square = np.stack(
-        [np.asarray(picture.resize((_PHASH_SIDE, _PHASH_SIDE), box_filter, box=b), dtype=np.float64)
-         for b in boxes]
-    )
-    strip = np.stack(
-        [np.asarray(picture.resize((9, 8), box_filter, box=b), dtype=np.float64) for b in boxes]
-    )
-    return np.stack([_phash(square), _dhash(strip)], axis=1)
+    scale = _WORKING_SIDE / min(picture.size)
+    size = (max(1, round(picture.size[0] * scale)), max(1, round(picture.size[1] * scale)))
+    picture = picture.resize(size, Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR)
+    work = np.asarray(picture, dtype=np.float64)
+    height, width = work.shape
+    trims = len(axis_trims())
+    low = _product(_axis_operators(height, _PHASH_SIDE, True), work, _axis_operators(width, _PHASH_SIDE, True))
+    low = low.reshape(trims, 8, trims, 8).transpose(0, 2, 1, 3).reshape(trims * trims, 64)
+    median = np.median(low[:, 1:], axis=1, keepdims=True)
+    phash_bits = low > median
+    phash_bits[:, 0] = False
+    strip = _product(_axis_operators(height, 8, False), work, _axis_operators(width, 9, False))
+    strip = np.round(strip.reshape(trims, 8, trims, 9).transpose(0, 2, 1, 3), 6)
+    dhash_bits = (strip[..., 1:] > strip[..., :-1]).reshape(trims * trims, 64)
+    return np.stack([_pack(phash_bits), _pack(dhash_bits)], axis=1)
 
 
 @dataclass(frozen=True)
