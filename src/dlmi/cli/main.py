@@ -21,7 +21,7 @@ app = typer.Typer(
 
 
 def _assemble() -> None:
-    from dlmi.cli import data, evaluate, export, model, plugins_cmd, predict, train
+    from dlmi.cli import data, evaluate, export, model, plugins_cmd, predict, reproduce, train
 
     app.command("plugins", help=plugins_cmd.plugins_command.__doc__)(plugins_cmd.plugins_command)
     app.add_typer(data.app, name="data")
@@ -30,6 +30,7 @@ def _assemble() -> None:
     evaluate.install(app)
     app.add_typer(export.app, name="export")
     predict.install(app)
+    app.command("reproduce", help=reproduce.reproduce_command.__doc__)(reproduce.reproduce_command)
 
     from dlmi.plugins import get_plugins
 

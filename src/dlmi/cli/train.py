@@ -34,6 +34,13 @@ H_AUGMENT = "Joint image/mask augmentation: horizontal flip, small affine, brigh
 H_OPTION = "Extra model option KEY=VALUE (VALUE read as JSON when it parses), repeatable."
 H_RESUME = "Continue the interrupted run in this folder (other settings come from its config.json)."
 H_QUIET = "No progress output."
+H_PRECISION = ("Forward-pass precision: auto (bf16 on GPUs and on CPUs with native bf16, else fp32), fp32, "
+               "bf16, fp16 (CUDA only, with loss scaling). [default: auto]")
+H_CHANNELS_LAST = "Channels-last tensors (faster convolutions on CPU and GPU). [default: on]"
+H_COMPILE = "torch.compile the model (slow start; measured slower on CPU, try it on a GPU)."
+H_CACHE = ("Keep decoded, resized images: auto (memory if it fits, else disk), memory, disk "
+           "($DLMI_CACHE_DIR), both, none. [default: auto]")
+H_SYNC_BN = "Under torchrun: BatchNorm statistics over the global batch. [default: on]"
 
 
 def _parse_options(pairs: list[str] | None) -> dict[str, Any]:
@@ -77,7 +84,11 @@ def _run(task: str, settings: dict[str, Any], resume: Path | None) -> None:
 
 
 def _report(run_dir: Path) -> None:
+    from dlmi.training.distributed import launch_context
     from dlmi.training.run_dir import RunFolder
+
+    if not launch_context().is_main:
+        return  # under torchrun, rank 0 speaks for the run
 
     rows = RunFolder(run_dir).read_metrics()
     best = [r for r in rows if r.get("best")]
@@ -114,6 +125,11 @@ def classifier_command(
     augment: bool = typer.Option(False, "--augment", help=H_AUGMENT),
     resume: Path = typer.Option(None, "--resume", help=H_RESUME),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=H_QUIET),
+    precision: str = typer.Option(None, "--precision", help=H_PRECISION),
+    channels_last: bool = typer.Option(None, "--channels-last/--no-channels-last", help=H_CHANNELS_LAST),
+    compile_model: bool = typer.Option(None, "--compile/--no-compile", help=H_COMPILE),
+    cache: str = typer.Option(None, "--cache", help=H_CACHE),
+    sync_bn: bool = typer.Option(None, "--sync-bn/--no-sync-bn", help=H_SYNC_BN),
 ) -> None:
     """Train a classifier (the seed's CNN by default: AdamW, lr 1e-3, weight decay 1e-5, grad-norm clip 5).
 
@@ -126,7 +142,8 @@ def classifier_command(
         model_options=_parse_options(model_option) or None, device=device, deterministic=deterministic,
         seed=seed, workers=workers,
         split=str(split) if split else None, fold=fold, scheduler=scheduler, class_balance=class_balance,
-        augment=augment or None, quiet=quiet or None,
+        augment=augment or None, quiet=quiet or None, precision=precision, channels_last=channels_last,
+        compile=compile_model, cache=cache, sync_bn=sync_bn,
     )
     _run("classification", settings, resume)
 
@@ -160,10 +177,17 @@ def segmenter_command(
     augment: bool = typer.Option(False, "--augment", help=H_AUGMENT),
     resume: Path = typer.Option(None, "--resume", help=H_RESUME),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=H_QUIET),
+    precision: str = typer.Option(None, "--precision", help=H_PRECISION),
+    channels_last: bool = typer.Option(None, "--channels-last/--no-channels-last", help=H_CHANNELS_LAST),
+    compile_model: bool = typer.Option(None, "--compile/--no-compile", help=H_COMPILE),
+    cache: str = typer.Option(None, "--cache", help=H_CACHE),
+    sync_bn: bool = typer.Option(None, "--sync-bn/--no-sync-bn", help=H_SYNC_BN),
 ) -> None:
     """Train a segmenter (U-Net by default: Adam, lr 1e-3, weight decay 0, grad-norm clip 5), optionally aided.
 
     Example: `dlmi train segmenter --dataset synthetic --image-size 128 --base-channels 16 --loss dice --aid runs/cls --out runs/seg`
+
+    On 4 GPUs of one machine (docs/distributed.md): `torchrun --nproc-per-node 4 -m dlmi train segmenter --dataset busi --data-dir data/busi --batch-size 16 --out runs/seg`
     """  # noqa: E501
     settings = dict(
         dataset=dataset, data_dir=str(data_dir) if data_dir else None, model=model,
@@ -172,6 +196,7 @@ def segmenter_command(
         model_options=_parse_options(model_option) or None, device=device, deterministic=deterministic,
         seed=seed, workers=workers,
         split=str(split) if split else None, fold=fold, scheduler=scheduler, class_balance=class_balance,
-        augment=augment or None, quiet=quiet or None,
+        augment=augment or None, quiet=quiet or None, precision=precision, channels_last=channels_last,
+        compile=compile_model, cache=cache, sync_bn=sync_bn,
     )
     _run("segmentation", settings, resume)

@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from dlmi.datasets.base import DatasetSource, Sample
+from dlmi.datasets.base import DatasetSource, FileDataset, Sample
 from dlmi.errors import DlmiError
+from dlmi.imageio import image_size, read_mask
 from dlmi.splits.cache import CachedHashes, HashCache, file_digest, pixel_digest
 from dlmi.splits.hashing import (
     DEFAULT_THRESHOLD,
@@ -237,6 +238,17 @@ def mask_iou(framed_mask: np.ndarray, other_mask: np.ndarray, probe: int) -> flo
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
+def _load_mask(source: DatasetSource, sample: Sample) -> np.ndarray:
+    """A sample's mask; for a plain file-backed source, read without decoding the image."""
+    if type(source).load is FileDataset.load and sample.image_path is not None:
+        if sample.mask_paths:
+            return read_mask(sample.mask_paths)
+        width, height = image_size(sample.image_path)
+        return np.zeros((height, width), dtype=bool)
+    _, mask = source.load(sample)
+    return mask if mask is not None else np.zeros((1, 1), dtype=bool)
+
+
 def audit_hashed(
     source: DatasetSource,
     hashed: HashedSamples,
@@ -258,8 +270,7 @@ def audit_hashed(
 
     def mask_of(index: int) -> np.ndarray:
         if index not in loaded:
-            _, mask = source.load(samples[index])
-            loaded[index] = mask if mask is not None else np.zeros((1, 1), dtype=bool)
+            loaded[index] = _load_mask(source, samples[index])
         return loaded[index]
 
     pairs: list[DuplicatePair] = []

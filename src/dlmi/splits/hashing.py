@@ -1,16 +1,18 @@
 """Perceptual hashes that survive re-encoding, rescaling, drawn marks and small crops.
 
-Each image gets two 64-bit hashes — a DCT hash (pHash: the signs of the 8×8 lowest DCT frequencies of a
-32×32 thumbnail against their median) and a gradient hash (dHash: whether each of 8×8 thumbnail pixels is
-darker than its right neighbour) — of its whole frame and of 224 *probes*: sub-rectangles that trim up to
-12 % of the width and up to 12 % of the height, in steps of 3 % on either side (15 trims per axis, 15² = 225
-boxes, the whole frame first).
+An image is first resized (box filter) so that its short side is 128 px. It then gets two 64-bit hashes —
+a DCT hash (pHash: whether each of the 8×8 lowest DCT frequencies of a 32×32 thumbnail is above their
+median; the DC bit is always 0) and a gradient hash (dHash: whether each pixel of a 9×8 thumbnail is
+brighter than its left neighbour) — for its whole frame and for 783 *probes*: boxes that trim the frame by
+up to 12 % of its width and up to 12 % of its height in total, in steps of 2 % on either side (28 trims per
+axis, 28² = 784 boxes, the whole frame first). All thumbnails are exact box averages, computed for every
+probe at once as two matrix products per hash (a few milliseconds per image).
 
 The distance between two images is the number of differing bits (of 128: pHash + dHash) between one
-image's whole frame and the best-matching probe of the other, taking the smaller of the two directions.
-An exact copy, a re-encode or a rescale scores about 0–6; a crop that trims up to 12 % per axis finds a
-probe within 1.5 % of its frame and scores about the same; unrelated images score 20 or more (see
-docs/data.md for the measured distributions and the choice of :data:`DEFAULT_THRESHOLD`).
+image's whole frame and the best-matching probe of the other, taking the smaller of the two directions. So
+a crop of up to 12 % per axis meets a probe within 1 % of its own frame on each side and scores like a
+re-encode (0–6 on planted copies); docs/data.md gives the distributions measured on the shared sets and
+the choice of :data:`DEFAULT_THRESHOLD`.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-HASH_VERSION = "phash8+dhash8-side128-trim12-step3-v1"
+HASH_VERSION = "phash8+dhash8-side128-trim12-step2-v1"
 MAX_TRIM = 0.12
-TRIM_STEP = 0.03
+TRIM_STEP = 0.02
 HASH_BITS = 128
 DEFAULT_THRESHOLD = 11
 
@@ -105,7 +107,8 @@ def image_hashes(image: np.ndarray) -> np.ndarray:
     work = np.asarray(picture, dtype=np.float64)
     height, width = work.shape
     trims = len(axis_trims())
-    low = _product(_axis_operators(height, _PHASH_SIDE, True), work, _axis_operators(width, _PHASH_SIDE, True))
+    rows, columns = _axis_operators(height, _PHASH_SIDE, True), _axis_operators(width, _PHASH_SIDE, True)
+    low = _product(rows, work, columns)
     low = low.reshape(trims, 8, trims, 8).transpose(0, 2, 1, 3).reshape(trims * trims, 64)
     median = np.median(low[:, 1:], axis=1, keepdims=True)
     phash_bits = low > median
@@ -128,12 +131,6 @@ class HashMatch:
     probe: int
 
 
-def _distances(frames: np.ndarray, probes: np.ndarray) -> np.ndarray:
-    """(F, 2) frames against (M, P, 2) probes → (F, M, P) bit distances (uint8: at most 128)."""
-    counts = np.bitwise_count(frames[:, None, None, :] ^ probes[None])
-    return counts[..., 0] + counts[..., 1]
-
-
 def near_pairs(hashes: np.ndarray, threshold: int) -> list[HashMatch]:
     """Every pair of images at most ``threshold`` bits apart; ``hashes`` is (N, P, 2) uint64.
 
@@ -141,20 +138,24 @@ def near_pairs(hashes: np.ndarray, threshold: int) -> list[HashMatch]:
     reverse. Runs row by row, so memory stays O(N·P).
     """
     count = len(hashes)
-    frames = hashes[:, 0]
+    phash = np.ascontiguousarray(hashes[..., 0])
+    dhash = np.ascontiguousarray(hashes[..., 1])
     matches: list[HashMatch] = []
+
+    def best(p_hashes: np.ndarray, p_against: np.ndarray, d_hashes: np.ndarray, d_against: np.ndarray):
+        distance = np.bitwise_count(p_hashes ^ p_against)
+        distance += np.bitwise_count(d_hashes ^ d_against)
+        where = distance.argmin(axis=1)
+        return distance[np.arange(len(distance)), where], where
+
     for i in range(count - 1):
-        others = hashes[i + 1:]
-        forward = _distances(frames[i:i + 1], others)[0]  # i's frame vs each later image's probes
-        backward = _distances(frames[i + 1:], hashes[i:i + 1])[:, 0]  # later frames vs i's probes
-        forward_probe = forward.argmin(axis=1)
-        backward_probe = backward.argmin(axis=1)
-        forward_best = forward[np.arange(len(others)), forward_probe]
-        backward_best = backward[np.arange(len(others)), backward_probe]
-        for offset in np.flatnonzero(np.minimum(forward_best, backward_best) <= threshold):
+        # i's frame against each later image's probes, and each later image's frame against i's probes
+        forward, forward_probe = best(phash[i + 1:], phash[i, 0], dhash[i + 1:], dhash[i, 0])
+        backward, backward_probe = best(phash[i + 1:, :1], phash[i][None], dhash[i + 1:, :1], dhash[i][None])
+        for offset in np.flatnonzero(np.minimum(forward, backward) <= threshold):
             j = i + 1 + int(offset)
-            if forward_best[offset] <= backward_best[offset]:
-                matches.append(HashMatch(i, j, int(forward_best[offset]), i, int(forward_probe[offset])))
+            if forward[offset] <= backward[offset]:
+                matches.append(HashMatch(i, j, int(forward[offset]), i, int(forward_probe[offset])))
             else:
-                matches.append(HashMatch(i, j, int(backward_best[offset]), j, int(backward_probe[offset])))
+                matches.append(HashMatch(i, j, int(backward[offset]), j, int(backward_probe[offset])))
     return matches

@@ -26,7 +26,7 @@ class ClassificationSteps:
         self.normal_index = normal_index
 
     def forward(self, model: nn.Module, batch: dict[str, Any], training: bool) -> StepResult:
-        logits = model(batch["image"])
+        logits = model(batch["image"]).float()  # the loss in fp32 under autocast
         loss = self.loss_fn(logits, batch["label"])
         records = {"pred": logits.detach().argmax(dim=1), "label": batch["label"]}
         return StepResult(loss=loss, records=records)

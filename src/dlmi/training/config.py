@@ -22,6 +22,12 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("none", "cosine")
 CLASS_BALANCE = ("none", "sampler", "weights")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+CACHE_MODES = ("auto", "memory", "disk", "both", "none")
+
+# A config.json written before a setting existed ran with these values (not today's defaults), so that
+# resuming such a run continues it as it was trained.
+LEGACY_DEFAULTS: dict[str, Any] = {"precision": "fp32", "channels_last": False}
 
 # The seed's settings per task; ``None`` fields of a TrainConfig take these.
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -77,6 +83,11 @@ class TrainConfig:
     split: str | None = None
     fold: int | None = None
     quiet: bool = False
+    precision: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    cache: str = "auto"
+    sync_bn: bool = True
 
     def resolved(self) -> TrainConfig:
         """A copy with every ``None`` default filled in for the task, and the values checked."""
@@ -110,6 +121,10 @@ class TrainConfig:
              f"unknown class balance {self.class_balance!r}; expected one of {', '.join(CLASS_BALANCE)}"),
             (self.device in DEVICES or self.device.startswith("cuda:"),
              f"unknown device {self.device!r}; expected auto, cpu, cuda or cuda:N"),
+            (self.precision in PRECISIONS,
+             f"unknown precision {self.precision!r}; expected one of {', '.join(PRECISIONS)}"),
+            (self.cache in CACHE_MODES,
+             f"unknown cache {self.cache!r}; expected one of {', '.join(CACHE_MODES)}"),
             (self.best_metric is None or self.best_metric in HIGHER_IS_BETTER,
              f"unknown best metric {self.best_metric!r}; expected one of {', '.join(HIGHER_IS_BETTER)}"),
             (self.aid is None or self.task == SEGMENTATION, "--aid applies to segmenter training only"),
@@ -140,6 +155,7 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise DlmiError(f"{source}: unknown training settings {', '.join(unknown)}")
+        data = {**LEGACY_DEFAULTS, **data}
         try:
             return cls(**data)
         except TypeError as exc:

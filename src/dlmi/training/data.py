@@ -11,12 +11,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dlmi.datasets.base import DatasetSource, Sample
-from dlmi.datasets.loader import ImageDataset
 from dlmi.errors import DlmiError
 from dlmi.training.config import TrainConfig
+from dlmi.training.distributed import SINGLE_PROCESS, DistributedContext
+from dlmi.training.sampling import EpochSampler
 
 SIDES = ("train", "val", "test")
 
@@ -92,22 +93,22 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def class_balanced_sampler(samples: Sequence[Sample], generator: torch.Generator) -> Sampler[int]:
-    """Draws each class equally often on average (with replacement); an epoch has ``len(samples)`` draws."""
+def class_balance_weights(samples: Sequence[Sample]) -> list[float]:
+    """Per-sample draw weights ``1 / n_class``: each class is drawn equally often on average."""
     counts = Counter(s.label for s in samples)
-    weights = torch.tensor([1.0 / counts[s.label] for s in samples], dtype=torch.double)
-    return WeightedRandomSampler(weights, num_samples=len(samples), replacement=True, generator=generator)
+    return [1.0 / counts[s.label] for s in samples]
 
 
-def make_train_sampler(class_balance: str, samples: Sequence[Sample],
-                       generator: torch.Generator) -> Sampler[int] | None:
-    """The training sampler: ``None`` (a shuffle drawn from ``generator``) or class-balanced draws.
+def make_train_sampler(class_balance: str, samples: Sequence[Sample], *, seed: int,
+                       context: DistributedContext = SINGLE_PROCESS) -> EpochSampler:
+    """This process's training order: a shuffle, or class-balanced draws with replacement (``sampler``).
 
-    The one place a distributed sampler would slot in.
+    Drawn from ``seed + epoch`` the same way in every process, each taking every N-th sample, so one
+    process and N processes see the same global batches (:mod:`dlmi.training.sampling`).
     """
-    if class_balance == "sampler":
-        return class_balanced_sampler(samples, generator)
-    return None
+    weights = class_balance_weights(samples) if class_balance == "sampler" else None
+    return EpochSampler(len(samples), rank=context.rank, world_size=context.world_size, seed=seed,
+                        shuffle=True, weights=weights)
 
 
 def class_weights(samples: Sequence[Sample], num_classes: int) -> list[float]:
@@ -117,17 +118,20 @@ def class_weights(samples: Sequence[Sample], num_classes: int) -> list[float]:
     return [total / (num_classes * counts[k]) if counts[k] else 0.0 for k in range(num_classes)]
 
 
-def make_loader(dataset: ImageDataset, *, batch_size: int, workers: int, generator: torch.Generator | None,
-                shuffle: bool, sampler: Sampler[int] | None = None, pin_memory: bool = False) -> DataLoader:
-    """A DataLoader whose order and worker seeds come from ``generator`` only (reproducible, resumable)."""
+def make_loader(dataset: Dataset, *, batch_size: int, workers: int, generator: torch.Generator | None,
+                sampler: Sampler[Any], pin_memory: bool = False) -> DataLoader:
+    """A DataLoader over ``sampler``'s order; worker seeds come from ``generator`` (reproducible, resumable).
+
+    Workers persist across epochs (their memory caches too), and batches go to pinned memory on a GPU.
+    """
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle and sampler is None,
         sampler=sampler,
         num_workers=workers,
         generator=generator,
         worker_init_fn=seed_worker if workers > 0 else None,
         pin_memory=pin_memory,
+        persistent_workers=workers > 0,
         drop_last=False,
     )

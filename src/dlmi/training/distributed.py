@@ -11,6 +11,7 @@ writes files (see ``docs/distributed.md``).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ def _env_int(name: str) -> int:
     try:
         return int(value)
     except ValueError:
-        raise DlmiError(f"environment variable {name}={value!r}: expected a whole number (set by torchrun)") from None
+        raise DlmiError(f"environment variable {name}={value!r}: expected a whole number") from None
 
 
 def launch_context() -> DistributedContext:
@@ -143,30 +144,46 @@ def gather_records(records: dict[str, torch.Tensor], context: DistributedContext
     return {k: torch.cat([part[k] for part in gathered if k in part]) for k in keys}
 
 
-def broadcast_flag(flag: bool, context: DistributedContext) -> bool:
-    """Rank 0's ``flag`` on every process."""
-    if not context.enabled:
-        return flag
-    box = [flag]
-    dist.broadcast_object_list(box, src=0)
-    return bool(box[0])
+@contextlib.contextmanager
+def main_process_first(context: DistributedContext) -> Iterator[None]:
+    """Rank 0 runs the block first (filling caches), then the other processes run it."""
+    if context.enabled and not context.is_main:
+        dist.barrier()
+    yield
+    if context.enabled and context.is_main:
+        dist.barrier()
+
+
+class _SumOverProcesses(torch.autograd.Function):
+    """Differentiable all-reduce (sum): the gradient of a sum over processes is the sum of the gradients."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
 
 
 class AllReduceBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics are those of the whole global batch, on any backend.
 
-    :class:`torch.nn.SyncBatchNorm` runs on GPUs only; this one all-reduces per-channel sums with
-    ``torch.distributed.nn.functional.all_reduce`` (differentiable: its backward all-reduces the
-    gradients), so it also works with gloo on the CPU. Mean first, then the centred sum of squares (two
+    :class:`torch.nn.SyncBatchNorm` runs on GPUs only; this one all-reduces per-channel sums with a
+    differentiable all-reduce (its backward all-reduces the gradients), so it also works with gloo on the
+    CPU. Mean first, then the centred sum of squares (two
     all-reduces, the numerically careful order), in fp32. In eval mode, or outside a process group of
     several processes, it is plain BatchNorm2d; its state dict is BatchNorm2d's.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        synced = self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if not synced:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         self._check_input_dim(x)
         momentum = self.momentum
         if self.track_running_stats and self.num_batches_tracked is not None:
@@ -176,11 +193,11 @@ class AllReduceBatchNorm2d(nn.BatchNorm2d):
         values = x.float()
         dims = (0, 2, 3)
         local_count = torch.full((1,), values.numel() // values.shape[1], dtype=values.dtype, device=x.device)
-        sums = all_reduce(torch.cat([values.sum(dims), local_count]))
+        sums = _SumOverProcesses.apply(torch.cat([values.sum(dims), local_count]))
         count = sums[-1]
         mean = sums[:-1] / count
         centred = values - mean.view(1, -1, 1, 1)
-        var = all_reduce((centred * centred).sum(dims)) / count
+        var = _SumOverProcesses.apply((centred * centred).sum(dims)) / count
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
             with torch.no_grad():
                 unbiased = var.detach() * (count / (count - 1).clamp(min=1))
@@ -223,4 +240,8 @@ def wrap_ddp(model: nn.Module, device: torch.device, synced_batchnorm: bool) -> 
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=not synced_batchnorm)
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        sync = {"forward_sync_buffers": not synced_batchnorm}  # torch ≥ 2.14 renamed broadcast_buffers
+    else:
+        sync = {"broadcast_buffers": not synced_batchnorm}
+    return DistributedDataParallel(model, device_ids=device_ids, **sync)

@@ -2,8 +2,9 @@
 
 A task (classification, segmentation) supplies a :class:`TaskSteps`; the loop owns the optimiser, the
 learning-rate schedule, gradient clipping, the RNG states and everything written to the run folder.
-Slots for later additions: :meth:`Trainer.autocast` (mixed precision), :meth:`Trainer.make_train_sampler`
-(distributed samplers) and :attr:`Trainer.is_main_process` (only the main process writes files).
+Speed and scale (``docs/distributed.md``): :meth:`Trainer.autocast` (mixed precision), channels-last
+tensors, ``torch.compile``, DistributedDataParallel under torchrun, with :attr:`Trainer.is_main_process`
+(only rank 0 writes files).
 """
 
 from __future__ import annotations
@@ -23,9 +24,22 @@ from dlmi.errors import DlmiError
 from dlmi.training.checkpoint import save_checkpoint
 from dlmi.training.config import TrainConfig
 from dlmi.training.curves import plot_learning_curves
+from dlmi.training.distributed import (
+    SINGLE_PROCESS,
+    DistributedContext,
+    all_reduce_sum,
+    gather_records,
+    resolve_device,
+    synchronise_batchnorm,
+    wrap_ddp,
+)
+from dlmi.training.precision import Precision
 from dlmi.training.progress import TrainingProgress
 from dlmi.training.rng import capture_rng
 from dlmi.training.run_dir import RunFolder
+
+__all__ = ["StepResult", "TaskSteps", "Trainer", "TrainState", "build_optimizer", "resolve_device",
+           "scheduled_lr"]
 
 
 @dataclass
@@ -70,15 +84,6 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
     raise DlmiError(f"unknown optimizer {config.optimizer!r}")
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is the GPU when one is available, else the CPU; asking for an absent GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DlmiError(f"--device {name}: no CUDA GPU is available here (use --device cpu or auto)")
-    return torch.device(name)
-
-
 def _is_better(score: float, loss: float, best: tuple[float, float] | None, higher_is_better: bool) -> bool:
     """A better score, or the same score with a lower validation loss."""
     if math.isnan(score):
@@ -102,9 +107,13 @@ class TrainState:
 
 
 class Trainer:
-    """Runs epochs ``state.epoch + 1 … config.epochs`` and writes the run folder after each."""
+    """Runs epochs ``state.epoch + 1 … config.epochs`` and writes the run folder after each.
 
-    is_main_process: bool = True
+    ``context`` places this process in a torchrun run (one process by default); ``precision`` is the
+    resolved ``fp32``/``bf16``/``fp16``. The model is moved to ``device`` (channels-last when the config
+    says so), its BatchNorm synchronised and wrapped in DistributedDataParallel under torchrun, and
+    compiled with ``--compile``; ``self.model`` stays the plain module whose state dict is saved.
+    """
 
     def __init__(
         self,
@@ -117,38 +126,71 @@ class Trainer:
         val_loader: DataLoader,
         generator: torch.Generator,
         device: torch.device,
+        *,
+        context: DistributedContext = SINGLE_PROCESS,
+        precision: str = "fp32",
     ) -> None:
         self.config = config
         self.steps = steps
-        self.model = model.to(device)
+        self.context = context
+        self.device = device
+        self.precision = Precision(precision, device)
+        self.channels_last = config.channels_last
+        model = model.to(device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.synced_batchnorm = context.enabled and config.sync_bn
+        if self.synced_batchnorm:
+            model = synchronise_batchnorm(model, device)
+        self.model = model
         self.run = run
         self.meta = meta
         self.train_loader = train_loader
         self.val_loader = val_loader
         self.generator = generator
-        self.device = device
         self.optimizer = build_optimizer(config, self.model)
+        self.train_model: nn.Module = (wrap_ddp(self.model, device, self.synced_batchnorm)
+                                       if context.enabled else self.model)
+        self.eval_model: nn.Module = self.model
+        if config.compile:
+            self.train_model = torch.compile(self.train_model)
+            self.eval_model = torch.compile(self.model) if context.enabled else self.train_model
         self.state = TrainState()
         self.metric_name = config.best_metric or "val_loss"
 
-    # -- hooks for later additions -------------------------------------------------------------------
+    @property
+    def is_main_process(self) -> bool:
+        """Only the main process (rank 0) writes the run folder."""
+        return self.context.is_main
+
+    # -- precision and the optimiser step ------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """The precision context of forward passes (full precision here)."""
-        return contextlib.nullcontext()
+        """The precision context of forward passes (autocast to bf16/fp16, or nothing for fp32)."""
+        return self.precision.autocast()
 
     def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
+        scaler = self.precision.scaler
+        (scaler.scale(loss) if scaler is not None else loss).backward()
 
     def optimizer_step(self) -> None:
+        scaler = self.precision.scaler
+        if scaler is not None:
+            scaler.unscale_(self.optimizer)
         if self.config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        self.optimizer.step()
+        if scaler is not None:
+            scaler.step(self.optimizer)
+            scaler.update()
+        else:
+            self.optimizer.step()
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def load_state(self, payload: dict[str, Any]) -> None:
         """Continue from a ``last.pt`` payload: weights, optimiser, epoch, best result (RNG: the caller)."""
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
+        if self.precision.scaler is not None and payload.get("scaler"):
+            self.precision.scaler.load_state_dict(payload["scaler"])
         self.state = TrainState(
             epoch=int(payload["epoch"]),
             best_score=payload.get("best_score"),
@@ -175,6 +217,8 @@ class Trainer:
             best_loss=self.state.best_loss,
             best_epoch=self.state.best_epoch,
         )
+        if self.precision.scaler is not None:
+            last["scaler"] = self.precision.scaler.state_dict()
         save_checkpoint(self.run.last, last)
         config = self.config
         context = f"{config.dataset}, {config.image_size} px, {config.model}" + (
@@ -185,13 +229,21 @@ class Trainer:
     # -- epochs --------------------------------------------------------------------------------------
     def _batches(self, loader: DataLoader) -> Iterator[dict[str, Any]]:
         non_blocking = self.device.type == "cuda"
+        image_format = torch.channels_last if self.channels_last else torch.preserve_format
         for batch in loader:
-            yield {k: (v.to(self.device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v)
-                   for k, v in batch.items()}
+            moved = {k: (v.to(self.device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v)
+                     for k, v in batch.items()}
+            image = moved.get("image")
+            if isinstance(image, torch.Tensor) and image.dim() == 4:
+                moved["image"] = image.contiguous(memory_format=image_format)
+            yield moved
 
-    def _run_epoch(self, loader: DataLoader, training: bool, epoch: int,
-                   progress: TrainingProgress) -> dict[str, float]:
-        self.model.train(training)
+    def run_epoch(self, loader: DataLoader, training: bool, epoch: int,
+                  progress: TrainingProgress | None = None) -> dict[str, float]:
+        """One pass over ``loader`` (training steps or validation); metrics over every process's images."""
+        progress = progress if progress is not None else TrainingProgress(1, mode="quiet")
+        model = self.train_model if training else self.eval_model
+        model.train(training)
         prefix = "train" if training else "val"
         progress.start_phase("train" if training else "valid", epoch, len(loader))
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -201,7 +253,7 @@ class Trainer:
         with torch.set_grad_enabled(training):
             for batch in self._batches(loader):
                 with self.autocast():
-                    result = self.steps.forward(self.model, batch, training)
+                    result = self.steps.forward(model, batch, training)
                 if training:
                     self.optimizer.zero_grad(set_to_none=True)
                     self.backward(result.loss)
@@ -213,27 +265,34 @@ class Trainer:
                 for key, value in result.records.items():
                     records.setdefault(key, []).append(value)
                 progress.step(loss.item() if show_loss else None)
-        metrics = {f"{prefix}_loss": float(loss_sum.item()) / max(count, 1)}
-        metrics.update(self.steps.summarize({k: torch.cat(v) for k, v in records.items()}, prefix))
+        totals = torch.stack([loss_sum, torch.tensor(float(count), dtype=torch.float64, device=self.device)])
+        totals = all_reduce_sum(totals, self.context)
+        metrics = {f"{prefix}_loss": float(totals[0].item()) / max(float(totals[1].item()), 1.0)}
+        joined = gather_records({k: torch.cat(v) for k, v in records.items()}, self.context)
+        metrics.update(self.steps.summarize(joined, prefix))
         return metrics
 
     def fit(self, progress_mode: str = "auto") -> TrainState:
         config = self.config
         higher = config.higher_is_better
-        with TrainingProgress(config.epochs, self.state.epoch, mode=progress_mode) as progress:
+        mode = progress_mode if self.is_main_process else "quiet"
+        with TrainingProgress(config.epochs, self.state.epoch, mode=mode) as progress:
             for epoch in range(self.state.epoch + 1, config.epochs + 1):
                 started = time.perf_counter()
                 lr = scheduled_lr(config, epoch)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
+                sampler = getattr(self.train_loader, "sampler", None)
+                if hasattr(sampler, "set_epoch"):
+                    sampler.set_epoch(epoch)
                 row: dict[str, Any] = {"epoch": epoch}
-                row.update(self._run_epoch(self.train_loader, True, epoch, progress))
+                row.update(self.run_epoch(self.train_loader, True, epoch, progress))
                 if not math.isfinite(row["train_loss"]):
                     raise DlmiError(
                         f"{self.run.path}: the training loss became {row['train_loss']} in epoch {epoch}; "
                         "try a lower --lr"
                     )
-                row.update(self._run_epoch(self.val_loader, False, epoch, progress))
+                row.update(self.run_epoch(self.val_loader, False, epoch, progress))
                 row["lr"] = lr
                 row["seconds"] = round(time.perf_counter() - started, 3)
                 score = row.get(self.metric_name, row["val_loss"])

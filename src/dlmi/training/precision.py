@@ -25,8 +25,8 @@ from typing import Any
 import torch
 
 from dlmi.errors import DlmiError
+from dlmi.training.config import PRECISIONS
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

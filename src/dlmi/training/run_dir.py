@@ -39,6 +39,11 @@ class RunFolder:
     def last(self) -> Path:
         return self.path / LAST_CHECKPOINT
 
+    @property
+    def runtime(self) -> Path:
+        """How the latest (re)start computed: device, precision, processes, cache (``runtime.json``)."""
+        return self.path / "runtime.json"
+
     def curve(self, name: str) -> Path:
         return self.path / f"curve_{name}.png"
 

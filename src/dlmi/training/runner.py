@@ -15,6 +15,7 @@ from dlmi.datasets.loader import ImageDataset
 from dlmi.errors import DlmiError
 from dlmi.training.aid import ClassifierGate, aid_split_path, load_aid
 from dlmi.training.augment import JointAugment
+from dlmi.training.cache import CachePlan, cached_source, plan_cache, prefill
 from dlmi.training.checkpoint import load_checkpoint
 from dlmi.training.classifier import ClassificationSteps, classification_loss
 from dlmi.training.config import CLASSIFICATION, SEGMENTATION, TrainConfig
@@ -28,14 +29,23 @@ from dlmi.training.data import (
     prepare_data,
     read_split,
 )
-from dlmi.training.loop import TaskSteps, Trainer, resolve_device
+from dlmi.training.distributed import (
+    SINGLE_PROCESS,
+    DistributedContext,
+    distributed_session,
+    main_process_first,
+)
+from dlmi.training.loop import TaskSteps, Trainer
+from dlmi.training.precision import resolve_precision
 from dlmi.training.rng import restore_rng, seed_everything
 from dlmi.training.run import build_meta, build_model
 from dlmi.training.run_dir import RunFolder
+from dlmi.training.sampling import EpochDataset, ShardSampler
 from dlmi.training.segmenter import SegmentationSteps
 
 # Settings that may change when a run is resumed; any other change would make a different run.
-RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "quiet", "deterministic")
+RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "quiet", "deterministic", "cache", "compile",
+                       "channels_last")
 
 
 def train_classifier(config: TrainConfig) -> Path:
@@ -53,28 +63,36 @@ def train_segmenter(config: TrainConfig) -> Path:
 
 
 def train(config: TrainConfig) -> Path:
-    """Start a new run of either task."""
+    """Start a new run of either task (in every process, when started by torchrun)."""
     config = config.resolved()
+    with distributed_session(config.device) as (context, device):
+        return _train(config, context, device)
+
+
+def _train(config: TrainConfig, context: DistributedContext, device: torch.device) -> Path:
     run = RunFolder(Path(config.out))
-    run.check_new()
-    device = resolve_device(config.device)
+    if context.is_main:
+        run.check_new()
+    check_global_batch(config, context)
     gate = load_aid(config.aid, config.dataset, device) if config.aid else None
-    if config.split:
-        split, split_name = read_split(config.split), config.split
-    elif gate is not None:
-        split_path = aid_split_path(gate)
-        split, split_name = read_split(split_path), str(split_path)
-    else:
-        split, split_name = make_default_split(config), "default split"
+    with main_process_first(context):  # rank 0 fills the hash cache; the others then read it
+        if config.split:
+            split, split_name = read_split(config.split), config.split
+        elif gate is not None:
+            split_path = aid_split_path(gate)
+            split, split_name = read_split(split_path), str(split_path)
+        else:
+            split, split_name = make_default_split(config), "default split"
     data = prepare_data(config, split, split_name=split_name)
     if gate is not None:
         check_same_split(data, gate)
-    from dlmi.splits import save_split
+    if context.is_main:
+        from dlmi.splits import save_split
 
-    run.create()
-    save_split(split, run.split)
-    write_json_atomic(run.config, config.to_dict())
-    trainer = _build_trainer(config, run, data, gate, device)
+        run.create()
+        save_split(split, run.split)
+        write_json_atomic(run.config, config.to_dict())
+    trainer = _build_trainer(config, run, data, gate, device, context)
     trainer.fit(progress_mode=_progress_mode(config))
     return run.path
 
@@ -82,7 +100,9 @@ def train(config: TrainConfig) -> Path:
 def resume_training(run_dir: str | os.PathLike[str], **overrides: Any) -> Path:
     """Continue an interrupted run from its ``last.pt`` on the same curve.
 
-    ``overrides`` may change ``epochs`` (to extend a finished run), ``device``, ``workers`` and ``quiet``.
+    ``overrides`` may change the settings in ``RESUMABLE_OVERRIDES`` (``epochs`` to extend a finished
+    run, ``device``, ``workers``, ``quiet``, ``deterministic``, ``cache``, ``compile``, ``channels_last``).
+    Under torchrun every process reads the run folder, so it must be on a filesystem every node sees.
     """
     run = RunFolder(Path(run_dir))
     if not run.path.is_dir():
@@ -95,22 +115,38 @@ def resume_training(run_dir: str | os.PathLike[str], **overrides: Any) -> Path:
             f"{', '.join(RESUMABLE_OVERRIDES)} may change"
         )
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None}).resolved()
-    device = resolve_device(config.device)
+    with distributed_session(config.device) as (context, device):
+        return _resume(run, config, context, device)
+
+
+def _resume(run: RunFolder, config: TrainConfig, context: DistributedContext, device: torch.device) -> Path:
+    check_global_batch(config, context)
     gate = load_aid(config.aid, config.dataset, device) if config.aid else None
     data = prepare_data(config, read_split(run.split), split_name=str(run.split))
     if gate is not None:
         check_same_split(data, gate)
-    write_json_atomic(run.config, config.to_dict())
-    trainer = _build_trainer(config, run, data, gate, device)
+    if context.is_main:
+        write_json_atomic(run.config, config.to_dict())
+    trainer = _build_trainer(config, run, data, gate, device, context)
     if run.last.is_file():
         payload = load_checkpoint(run.last, map_location="cpu")
         trainer.load_state(payload)
         restore_rng(payload["rng"], trainer.generator)
-    run.truncate_metrics(trainer.state.epoch)
+    if context.is_main:
+        run.truncate_metrics(trainer.state.epoch)
     if trainer.state.epoch >= config.epochs:
         return run.path
     trainer.fit(progress_mode=_progress_mode(config))
     return run.path
+
+
+def check_global_batch(config: TrainConfig, context: DistributedContext) -> None:
+    """``--batch-size`` is the global batch: it must split evenly over the processes."""
+    if config.batch_size % context.world_size:
+        raise DlmiError(
+            f"--batch-size {config.batch_size} is the global batch, split over {context.world_size} "
+            f"processes; choose a multiple of {context.world_size}"
+        )
 
 
 def check_same_split(data: RunData, gate: ClassifierGate) -> None:
@@ -173,19 +209,53 @@ def _build_steps(config: TrainConfig, data: RunData, gate: ClassifierGate | None
 
 
 def _build_trainer(config: TrainConfig, run: RunFolder, data: RunData, gate: ClassifierGate | None,
-                   device: torch.device) -> Trainer:
+                   device: torch.device, context: DistributedContext = SINGLE_PROCESS) -> Trainer:
     meta = _make_meta(config, data, run)
     seed_everything(config.seed, config.deterministic)
     model = _create_model(meta)
     steps = _build_steps(config, data, gate, device)
+    precision = resolve_precision(config.precision, device)
     generator = torch.Generator().manual_seed(config.seed)
     transform = JointAugment() if config.augment else None
-    train_set = ImageDataset(data.source, data.samples["train"], config.image_size, transform=transform)
-    val_set = ImageDataset(data.source, data.samples["val"], config.image_size)
-    sampler = make_train_sampler(config.class_balance, data.samples["train"], generator)
+    plan = plan_cache(config.cache, len(data.samples["train"]) + len(data.samples["val"]), config.image_size,
+                      processes_per_machine=context.local_world_size)
+    source = cached_source(data.source, config.image_size, plan)
+    train_set = ImageDataset(source, data.samples["train"], config.image_size, transform=transform,
+                             cache=plan.memory)
+    val_set = ImageDataset(source, data.samples["val"], config.image_size, cache=plan.memory)
+    if plan.memory and config.workers > 0:
+        prefill([train_set, val_set], threads=config.workers)
+    batch = config.batch_size // context.world_size
     pin = device.type == "cuda"
-    train_loader = make_loader(train_set, batch_size=config.batch_size, workers=config.workers,
-                               generator=generator, shuffle=True, sampler=sampler, pin_memory=pin)
-    val_loader = make_loader(val_set, batch_size=config.batch_size, workers=config.workers,
-                             generator=None, shuffle=False, pin_memory=pin)
-    return Trainer(config, steps, model, run, meta, train_loader, val_loader, generator, device)
+    train_sampler = make_train_sampler(config.class_balance, data.samples["train"], seed=config.seed,
+                                       context=context)
+    val_sampler = ShardSampler(len(val_set), rank=context.rank, world_size=context.world_size)
+    train_loader = make_loader(EpochDataset(train_set, config.seed), batch_size=batch, workers=config.workers,
+                               generator=generator, sampler=train_sampler, pin_memory=pin)
+    val_loader = make_loader(EpochDataset(val_set, config.seed), batch_size=batch, workers=config.workers,
+                             generator=None, sampler=val_sampler, pin_memory=pin)
+    trainer = Trainer(config, steps, model, run, meta, train_loader, val_loader, generator, device,
+                      context=context, precision=precision)
+    if context.is_main:
+        write_runtime(run, trainer, plan, batch)
+    return trainer
+
+
+def write_runtime(run: RunFolder, trainer: Trainer, plan: CachePlan, batch_per_process: int) -> None:
+    """``runtime.json``: how this (re)start of the run computes — not settings, but what they resolved to."""
+    config, context = trainer.config, trainer.context
+    write_json_atomic(run.runtime, {
+        "device": str(trainer.device),
+        "precision": trainer.precision.name,
+        "channels_last": trainer.channels_last,
+        "compile": config.compile,
+        "processes": context.world_size,
+        "backend": context.backend,
+        "batch_per_process": batch_per_process,
+        "global_batch": config.batch_size,
+        "synced_batchnorm": trainer.synced_batchnorm,
+        "cache": plan.describe(),
+        "workers": config.workers,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    })

@@ -41,7 +41,7 @@ class SegmentationSteps:
 
     def forward(self, model: nn.Module, batch: dict[str, Any], training: bool) -> StepResult:
         images, masks = batch["image"], batch["mask"]
-        raw = model(images)
+        raw = model(images).float()  # the loss and the metrics in fp32 under autocast
         records: dict[str, torch.Tensor] = {}
         logits = raw
         if self.gate is not None:

@@ -1,0 +1,95 @@
+"""``dlmi reproduce`` end to end on generated data: the tiny profile, the results files, and resumption."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SEED_NUMBERS = ("0.8526", "0.904", "0.48947", "0.56055", "0.54007", "0.51996", "0.56304", "0.57291")
+EXPERIMENTS = ("brain-mri-cls", "busi-cls", "busi-unet-bce", "busi-unet-mse", "busi-unet-dice",
+               "busi-unet-bce-aided", "busi-unet-mse-aided", "busi-unet-dice-aided", "busi-cls-improved",
+               "busi-unet-dice-bce-improved")
+
+
+def _brain_mri(root: Path, per_class: int = 12) -> None:
+    """A brain-MRI-layout folder (no/, yes/): dark discs, plus a bright blob in 'yes' images."""
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:48, :48]
+    for label, name in enumerate(("no", "yes")):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            image = 60.0 * ((yy - 24) ** 2 + (xx - 24) ** 2 < 400) + rng.normal(0, 20, (48, 48))
+            if label:
+                cy, cx = rng.integers(14, 34, size=2)
+                image += 150.0 * ((yy - cy) ** 2 + (xx - cx) ** 2 < 30)
+            Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(folder / f"{name}{i}.png")
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.conftest import run_cli
+
+    root = tmp_path_factory.mktemp("data")
+    done = run_cli("data", "synth", "--out", str(root / "busi"), "--count", "36", "--size", "48")
+    assert done.returncode == 0, done.stderr
+    _brain_mri(root / "brain_mri")
+    return root
+
+
+@pytest.mark.slow
+def test_reproduce_tiny_writes_all_rows_and_resumes(data_root: Path, tmp_path: Path, cli) -> None:
+    out, results = tmp_path / "runs", tmp_path / "results"
+    args = ("reproduce", "--data-root", str(data_root), "--profile", "tiny", "--out", str(out),
+            "--results", str(results))
+    first = cli(*args)
+    assert first.returncode == 0, first.stderr
+
+    doc = json.loads((results / "reproduce-tiny.json").read_text())
+    assert doc["complete"] is True
+    assert [e["name"] for e in doc["experiments"]] == list(EXPERIMENTS)
+    assert all(e["status"] == "done" for e in doc["experiments"])
+    for name in ("busi", "brain-mri"):
+        split = doc["splits"][name]
+        assert Path(split["file"]).is_file()
+        assert split["train"] > 0 and split["test"] > 0
+    # The classifier and every U-Net of BUSI used the recorded split.
+    busi_split = json.loads(Path(doc["splits"]["busi"]["file"]).read_text())
+    for name in EXPERIMENTS[1:]:
+        run_split = json.loads((out / name / "split.json").read_text())
+        assert run_split["test"] == busi_split["test"]
+    by_name = {e["name"]: e for e in doc["experiments"]}
+    for side in ("train", "test"):
+        accuracy = by_name["busi-cls"]["scores"][side]["accuracy"]
+        assert 0.0 <= accuracy["low"] <= accuracy["value"] <= accuracy["high"] <= 1.0
+        for name in ("busi-unet-dice", "busi-unet-dice-aided"):
+            variants = by_name[name]["scores"][side]["variants"]
+            assert {"unaided", "aided"} <= set(variants)
+            assert 0.0 <= variants["aided"]["miou_seed"]["value"] <= 1.0
+    assert by_name["busi-unet-dice-aided"]["trained_aided"] is True
+
+    md = (results / "reproduce-tiny.md").read_text()
+    for number in SEED_NUMBERS:
+        assert number in md
+    for name in EXPERIMENTS:
+        assert name in md
+    assert "empty-mask rule" in md and "lesion Dice" in md and "Status: **complete**" in md
+
+    # Re-running skips every finished experiment: no checkpoint is rewritten.
+    stamps = {name: (out / name / "best.pt").stat().st_mtime_ns for name in EXPERIMENTS}
+    second = cli(*args)
+    assert second.returncode == 0, second.stderr
+    assert second.stderr.count("complete, skipped") == len(EXPERIMENTS)
+    assert stamps == {name: (out / name / "best.pt").stat().st_mtime_ns for name in EXPERIMENTS}
+
+
+def test_reproduce_refuses_missing_dataset_folder(tmp_path: Path, cli) -> None:
+    (tmp_path / "busi").mkdir()
+    done = cli("reproduce", "--data-root", str(tmp_path), "--profile", "tiny", "--out", str(tmp_path / "r"),
+               "--results", str(tmp_path / "res"))
+    assert done.returncode == 2
+    assert "brain_mri" in done.stderr and "Traceback" not in done.stderr

@@ -1,0 +1,116 @@
+"""Speed settings: precision, channels-last and compile change how a run computes, not what it writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dlmi.errors import DlmiError
+from dlmi.training import TrainConfig, load_trained, resume_training, train_segmenter
+from dlmi.training.precision import Precision, cpu_has_native_bf16, resolve_precision
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def one_thread(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("DLMI_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def config(out: Path, **changes) -> TrainConfig:
+    settings = dict(task="segmentation", dataset="synthetic", out=str(out), image_size=32, epochs=2,
+                    batch_size=8, base_channels=4, quiet=True, device="cpu", lr=3e-3, loss="dice-bce")
+    settings.update(changes)
+    return TrainConfig(**settings)
+
+
+def test_precision_choices_on_cpu() -> None:
+    assert resolve_precision("auto", CPU) == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert resolve_precision("fp32", CPU) == "fp32" and resolve_precision("bf16", CPU) == "bf16"
+    with pytest.raises(DlmiError, match="fp16 needs a CUDA device"):
+        resolve_precision("fp16", CPU)
+    with pytest.raises(DlmiError, match="unknown precision 'fp8'"):
+        TrainConfig(task="segmentation", dataset="x", out="x", precision="fp8").resolved()
+    bf16 = Precision("bf16", CPU)
+    with bf16.autocast():
+        out = torch.nn.functional.conv2d(torch.rand(1, 1, 8, 8), torch.rand(2, 1, 3, 3))
+    assert out.dtype == torch.bfloat16 and bf16.scaler is None
+    with Precision("fp32", CPU).autocast():
+        assert torch.nn.functional.conv2d(torch.rand(1, 1, 8, 8), torch.rand(2, 1, 3, 3)).dtype == torch.float32
+
+
+def test_bf16_channels_last_run_learns_and_saves_plain_weights(tmp_path: Path) -> None:
+    run_dir = train_segmenter(config(tmp_path / "fast", precision="bf16", channels_last=True, epochs=3))
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    runtime = json.loads((run_dir / "runtime.json").read_text())
+    assert runtime["precision"] == "bf16" and runtime["channels_last"] is True
+    assert runtime["processes"] == 1 and runtime["torch_threads"] == 1
+    state = torch.load(run_dir / "best.pt", weights_only=True)["model"]
+    assert all(v.dtype in (torch.float32, torch.int64) for v in state.values())  # fp32 master weights
+    trained = load_trained(run_dir)  # a plain (NCHW, fp32) model takes them
+    assert trained.model(torch.rand(1, 1, 32, 32)).dtype == torch.float32
+
+
+def test_channels_last_is_a_layout_not_a_different_model(tmp_path: Path) -> None:
+    """fp32 with and without channels-last: the same run up to rounding (first epoch's loss)."""
+    a = train_segmenter(config(tmp_path / "nchw", precision="fp32", channels_last=False, epochs=1))
+    b = train_segmenter(config(tmp_path / "nhwc", precision="fp32", channels_last=True, epochs=1))
+    loss = [json.loads((r / "metrics.jsonl").read_text())["train_loss"] for r in (a, b)]
+    assert loss[0] == pytest.approx(loss[1], rel=1e-3)
+
+
+def test_resume_keeps_the_precision_and_may_change_speed_settings(tmp_path: Path) -> None:
+    run_dir = train_segmenter(config(tmp_path / "run", precision="fp32", epochs=1))
+    with pytest.raises(DlmiError, match="cannot change precision"):
+        resume_training(run_dir, epochs=2, precision="bf16")
+    resume_training(run_dir, epochs=2, channels_last=False, cache="none")
+    assert json.loads((run_dir / "runtime.json").read_text())["channels_last"] is False
+    assert json.loads((run_dir / "config.json").read_text())["precision"] == "fp32"
+
+
+def test_config_from_before_the_speed_settings_resumes_in_fp32(tmp_path: Path) -> None:
+    saved = config(tmp_path / "old").resolved().to_dict()
+    for key in ("precision", "channels_last", "compile", "cache", "sync_bn"):
+        saved.pop(key)
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    old = TrainConfig.load(tmp_path / "config.json")
+    assert (old.precision, old.channels_last, old.compile) == ("fp32", False, False)
+
+
+@pytest.mark.slow
+def test_cli_speed_flags(cli, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    bad = cli("train", "segmenter", "--dataset", "synthetic", "--device", "cpu", "--precision", "fp16",
+              "--out", str(out))
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "dlmi: error: --precision fp16 needs a CUDA device; on the CPU use bf16 (or fp32)"]
+    bad = cli("train", "segmenter", "--dataset", "synthetic", "--cache", "ram", "--out", str(out))
+    assert bad.returncode == 2 and "unknown cache 'ram'" in bad.stderr and "Traceback" not in bad.stderr
+    done = cli("train", "segmenter", "--dataset", "synthetic", "--device", "cpu", "--image-size", "32",
+               "--base-channels", "4", "--epochs", "1", "--precision", "bf16", "--no-channels-last",
+               "--cache", "none", "--quiet", "--out", str(out), env={"OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    runtime = json.loads((out / "runtime.json").read_text())
+    assert (runtime["precision"], runtime["channels_last"], runtime["cache"]["memory"]) == ("bf16", False, False)
+    help_text = " ".join(cli("train", "segmenter", "--help").stdout.split())
+    for flag in ("--precision", "--channels-last", "--compile", "--cache", "--sync-bn"):
+        assert flag in help_text
+
+
+@pytest.mark.slow
+def test_compiled_run_saves_the_plain_state_dict(tmp_path: Path) -> None:
+    """--compile (about a minute of compiling on a small CPU): trains, and best.pt loads into the plain model."""
+    run_dir = train_segmenter(config(tmp_path / "compiled", epochs=1, compile=True))
+    assert json.loads((run_dir / "runtime.json").read_text())["compile"] is True
+    state = torch.load(run_dir / "best.pt", weights_only=True)["model"]
+    assert not any(k.startswith("_orig_mod") for k in state)
+    assert load_trained(run_dir).model(torch.rand(1, 1, 32, 32)).shape == (1, 1, 32, 32)
