@@ -222,6 +222,7 @@ def test_cross_label_group_and_mask_conflict(tmp_path, cache):
     assert ious[frozenset({"benign/benign (1).png", "malignant/malignant (1).png"})] == 0.0
 
 
+@pytest.mark.slow
 def test_audit_cli_json_and_contact_sheet(tmp_path, cli):
     _busi_like(tmp_path / "busi")
     sheet = tmp_path / "groups.png"
@@ -251,7 +252,9 @@ def test_audit_cli_json_and_contact_sheet(tmp_path, cli):
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory) -> Path:
     """One hash cache for every test on the shared sets in this session."""
-    return tmp_path_factory.mktemp("shared-hash-cache")
+    path = tmp_path_factory.getbasetemp() / "dlmi-shared-hash-cache"  # the same folder in both test files
+    path.mkdir(exist_ok=True)
+    return path
 
 
 def _check_audit_structure(result, data_dir: Path) -> None:

@@ -46,7 +46,10 @@ def test_extra_plugin_is_registered_with_its_source():
 
 def test_duplicate_name_names_both_sources():
     with pytest.raises(DuplicateNameError) as info:
-        load_plugins(extra=[(_loss_plugin("a", "twice"), "first-dist"), (_loss_plugin("b", "twice"), "second-dist")])
+        load_plugins(extra=[
+            (_loss_plugin("a", "twice"), "first-dist"),
+            (_loss_plugin("b", "twice"), "second-dist"),
+        ])
     message = str(info.value)
     assert "twice" in message and "first-dist" in message and "second-dist" in message
 
@@ -78,7 +81,7 @@ def test_plugin_failing_in_its_hook_is_a_warning(capsys):
 
 @pytest.fixture
 def installed_plugins(tmp_path: Path, monkeypatch):
-    """Two real distributions on sys.path with dlmi entry points: one that works and one that fails to import."""
+    """Two real distributions on sys.path with dlmi entry points: one works, one fails to import."""
     site = tmp_path / "site"
     site.mkdir()
     (site / "goodplug.py").write_text(textwrap.dedent("""

@@ -45,7 +45,7 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_reproduce_tiny_writes_all_rows_and_resumes(data_root: Path, tmp_path: Path, cli) -> None:
     out, results = tmp_path / "runs", tmp_path / "results"
     args = ("reproduce", "--data-root", str(data_root), "--profile", "tiny", "--out", str(out),
-            "--results", str(results))
+            "--results", str(results), "--cache-dir", str(tmp_path / "cache"))
     first = cli(*args)
     assert first.returncode == 0, first.stderr
 
@@ -93,3 +93,19 @@ def test_reproduce_refuses_missing_dataset_folder(tmp_path: Path, cli) -> None:
                "--results", str(tmp_path / "res"))
     assert done.returncode == 2
     assert "brain_mri" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_resized_copy_reads_back_identical_inputs(tmp_path: Path, cli) -> None:
+    from dlmi.datasets.loader import ImageDataset
+    from dlmi.experiments.resized import resized_copy
+    from dlmi.plugins import get_dataset
+
+    done = cli("data", "synth", "--out", str(tmp_path / "busi"), "--count", "9", "--size", "48")
+    assert done.returncode == 0, done.stderr
+    copy = resized_copy("busi", tmp_path / "busi", 32, tmp_path / "cache")
+    source = get_dataset("busi")
+    original, resized = source.samples(tmp_path / "busi"), source.samples(copy)
+    assert [s.key for s in original] == [s.key for s in resized]
+    for a, b in zip(ImageDataset(source, original, 32), ImageDataset(source, resized, 32), strict=True):
+        assert (a["image"] == b["image"]).all() and (a["mask"] == b["mask"]).all()
+    assert resized_copy("busi", tmp_path / "busi", 32, tmp_path / "cache") == copy  # reused, not rewritten

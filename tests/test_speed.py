@@ -15,6 +15,19 @@ from dlmi.training.precision import Precision, cpu_has_native_bf16, resolve_prec
 CPU = torch.device("cpu")
 
 
+@pytest.fixture(scope="module")
+def tiny_busi(tmp_path_factory) -> tuple[Path, Path]:
+    """A BUSI-layout folder of 24 real 48² PNGs and a hand-made split (16 train, 4 val, 4 test)."""
+    from test_distributed import write_busi_folder
+
+    data = write_busi_folder(tmp_path_factory.mktemp("data") / "busi")
+    keys = sorted(str(p.relative_to(data)) for p in data.rglob("*.png") if "_mask" not in p.name)
+    split = data.parent / "split.json"
+    split.write_text(json.dumps({"dataset": "busi", "train": keys[0::3] + keys[1::3],
+                                 "val": keys[2::3][:4], "test": keys[2::3][4:]}))
+    return data, split
+
+
 @pytest.fixture(autouse=True)
 def one_thread(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("DLMI_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
@@ -24,11 +37,18 @@ def one_thread(tmp_path_factory, monkeypatch):
     torch.set_num_threads(threads)
 
 
-def config(out: Path, **changes) -> TrainConfig:
-    settings = dict(task="segmentation", dataset="synthetic", out=str(out), image_size=32, epochs=2,
-                    batch_size=8, base_channels=4, quiet=True, device="cpu", lr=3e-3, loss="dice-bce")
-    settings.update(changes)
-    return TrainConfig(**settings)
+@pytest.fixture
+def config(tiny_busi):
+    data, split = tiny_busi
+
+    def make(out: Path, **changes) -> TrainConfig:
+        settings = dict(task="segmentation", dataset="busi", data_dir=str(data), split=str(split),
+                        out=str(out), image_size=32, epochs=2, batch_size=4, base_channels=4, quiet=True,
+                        device="cpu", lr=3e-3, loss="dice-bce")
+        settings.update(changes)
+        return TrainConfig(**settings)
+
+    return make
 
 
 def test_precision_choices_on_cpu() -> None:
@@ -43,10 +63,11 @@ def test_precision_choices_on_cpu() -> None:
         out = torch.nn.functional.conv2d(torch.rand(1, 1, 8, 8), torch.rand(2, 1, 3, 3))
     assert out.dtype == torch.bfloat16 and bf16.scaler is None
     with Precision("fp32", CPU).autocast():
-        assert torch.nn.functional.conv2d(torch.rand(1, 1, 8, 8), torch.rand(2, 1, 3, 3)).dtype == torch.float32
+        out = torch.nn.functional.conv2d(torch.rand(1, 1, 8, 8), torch.rand(2, 1, 3, 3))
+    assert out.dtype == torch.float32
 
 
-def test_bf16_channels_last_run_learns_and_saves_plain_weights(tmp_path: Path) -> None:
+def test_bf16_channels_last_run_learns_and_saves_plain_weights(config, tmp_path: Path) -> None:
     run_dir = train_segmenter(config(tmp_path / "fast", precision="bf16", channels_last=True, epochs=3))
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
@@ -59,7 +80,7 @@ def test_bf16_channels_last_run_learns_and_saves_plain_weights(tmp_path: Path) -
     assert trained.model(torch.rand(1, 1, 32, 32)).dtype == torch.float32
 
 
-def test_channels_last_is_a_layout_not_a_different_model(tmp_path: Path) -> None:
+def test_channels_last_is_a_layout_not_a_different_model(config, tmp_path: Path) -> None:
     """fp32 with and without channels-last: the same run up to rounding (first epoch's loss)."""
     a = train_segmenter(config(tmp_path / "nchw", precision="fp32", channels_last=False, epochs=1))
     b = train_segmenter(config(tmp_path / "nhwc", precision="fp32", channels_last=True, epochs=1))
@@ -67,7 +88,7 @@ def test_channels_last_is_a_layout_not_a_different_model(tmp_path: Path) -> None
     assert loss[0] == pytest.approx(loss[1], rel=1e-3)
 
 
-def test_resume_keeps_the_precision_and_may_change_speed_settings(tmp_path: Path) -> None:
+def test_resume_keeps_the_precision_and_may_change_speed_settings(config, tmp_path: Path) -> None:
     run_dir = train_segmenter(config(tmp_path / "run", precision="fp32", epochs=1))
     with pytest.raises(DlmiError, match="cannot change precision"):
         resume_training(run_dir, epochs=2, precision="bf16")
@@ -76,7 +97,7 @@ def test_resume_keeps_the_precision_and_may_change_speed_settings(tmp_path: Path
     assert json.loads((run_dir / "config.json").read_text())["precision"] == "fp32"
 
 
-def test_config_from_before_the_speed_settings_resumes_in_fp32(tmp_path: Path) -> None:
+def test_config_from_before_the_speed_settings_resumes_in_fp32(config, tmp_path: Path) -> None:
     saved = config(tmp_path / "old").resolved().to_dict()
     for key in ("precision", "channels_last", "compile", "cache", "sync_bn"):
         saved.pop(key)
@@ -86,29 +107,33 @@ def test_config_from_before_the_speed_settings_resumes_in_fp32(tmp_path: Path) -
 
 
 @pytest.mark.slow
-def test_cli_speed_flags(cli, tmp_path: Path) -> None:
+def test_cli_speed_flags(cli, tiny_busi, tmp_path: Path) -> None:
+    data, split = tiny_busi
     out = tmp_path / "run"
     bad = cli("train", "segmenter", "--dataset", "synthetic", "--device", "cpu", "--precision", "fp16",
               "--out", str(out))
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
         "dlmi: error: --precision fp16 needs a CUDA device; on the CPU use bf16 (or fp32)"]
+    assert not out.exists()  # refused before the run folder was made
     bad = cli("train", "segmenter", "--dataset", "synthetic", "--cache", "ram", "--out", str(out))
     assert bad.returncode == 2 and "unknown cache 'ram'" in bad.stderr and "Traceback" not in bad.stderr
-    done = cli("train", "segmenter", "--dataset", "synthetic", "--device", "cpu", "--image-size", "32",
+    done = cli("train", "segmenter", "--dataset", "busi", "--data-dir", str(data), "--split", str(split),
+               "--device", "cpu", "--image-size", "32",
                "--base-channels", "4", "--epochs", "1", "--precision", "bf16", "--no-channels-last",
                "--cache", "none", "--quiet", "--out", str(out), env={"OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr
     runtime = json.loads((out / "runtime.json").read_text())
-    assert (runtime["precision"], runtime["channels_last"], runtime["cache"]["memory"]) == ("bf16", False, False)
+    assert runtime["precision"] == "bf16" and runtime["channels_last"] is False
+    assert runtime["cache"]["memory"] is False
     help_text = " ".join(cli("train", "segmenter", "--help").stdout.split())
     for flag in ("--precision", "--channels-last", "--compile", "--cache", "--sync-bn"):
         assert flag in help_text
 
 
 @pytest.mark.slow
-def test_compiled_run_saves_the_plain_state_dict(tmp_path: Path) -> None:
-    """--compile (about a minute of compiling on a small CPU): trains, and best.pt loads into the plain model."""
+def test_compiled_run_saves_the_plain_state_dict(config, tmp_path: Path) -> None:
+    """--compile (a minute of compiling on a small CPU): trains; best.pt loads into the plain model."""
     run_dir = train_segmenter(config(tmp_path / "compiled", epochs=1, compile=True))
     assert json.loads((run_dir / "runtime.json").read_text())["compile"] is True
     state = torch.load(run_dir / "best.pt", weights_only=True)["model"]

@@ -197,6 +197,7 @@ def test_check_split_flags_a_hand_made_leaky_split(planted, cache):
     assert len(result.leaks) == 4 and not result.ok
 
 
+@pytest.mark.slow
 def test_split_and_check_split_cli(planted, tmp_path, cli):
     root, _ = planted
     env = {"DLMI_CACHE_DIR": str(tmp_path / "cache")}
@@ -237,7 +238,9 @@ def test_synthetic_split_needs_no_folder(tmp_path):
 
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("split-hash-cache")
+    path = tmp_path_factory.getbasetemp() / "dlmi-shared-hash-cache"  # the same folder in both test files
+    path.mkdir(exist_ok=True)
+    return path
 
 
 def _random_file_split(keys: list[str], seed: int = 0) -> Split:

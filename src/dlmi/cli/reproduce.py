@@ -20,9 +20,12 @@ def reproduce_command(
                                                  help="Override the profile's classifier epochs."),
     segmenter_epochs: int | None = typer.Option(None, "--segmenter-epochs", min=1,
                                                 help="Override the profile's U-Net epochs."),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="Override the profile's torch threads."),
+    threads: int | None = typer.Option(None, "--threads", min=1,
+                                       help="Override the profile's torch threads."),
     improved: bool | None = typer.Option(None, "--improved/--no-improved",
                                          help="Add (or leave out) the 'dlmi improved' variant runs."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Where BUSI's resized copy is kept "
+                                          "(profiles that use one). [default: the system temp folder]"),
     verbose: bool = typer.Option(False, "--verbose", help="Show each run's training progress."),
 ) -> None:
     """Run the seed's experiments (brain MRI + BUSI classifiers, BCE/MSE/Dice U-Nets, aided versions) on
@@ -36,5 +39,6 @@ def reproduce_command(
 
     overrides = {"classifier_epochs": classifier_epochs, "segmenter_epochs": segmenter_epochs,
                  "threads": threads, "improved": improved}
-    path = reproduce(data_root, profile, out, results, quiet=not verbose, **overrides)
+    path = reproduce(data_root, profile, out, results, quiet=not verbose, cache_dir=cache_dir,
+                     **overrides)
     typer.echo(f"results: {path} (and {path.with_suffix('.json')})")

@@ -1,4 +1,4 @@
-"""The experiments of one reproduction: the seed's runs, their aided versions, and a "dlmi improved" variant."""
+"""The experiments of one reproduction: the seed's runs, their aided versions, a "dlmi improved" variant."""
 
 from __future__ import annotations
 
@@ -76,7 +76,8 @@ def plan_experiments(profile: Profile) -> list[Experiment]:
     if profile.improved:
         improved = {"augment": True, "scheduler": "cosine"}
         plan.append(Experiment(
-            IMPROVED_CLASSIFIER, "BUSI classifier, dlmi improved (class-balanced sampler, augment, cosine lr)",
+            IMPROVED_CLASSIFIER,
+            "BUSI classifier, dlmi improved (class-balanced sampler, augment, cosine lr)",
             dataset="busi", variant="improved",
             epochs=profile.improved_classifier_epochs or profile.classifier_epochs,
             settings={**improved, "class_balance": "sampler"}, **cls))

@@ -32,6 +32,7 @@ class Profile:
     improved_classifier_epochs: int | None = None
     improved_segmenter_epochs: int | None = None
     resamples: int = 2000
+    busi_copy_size: int | None = None
     eval_batch_size: int = 16
     seed: int = 0
 
@@ -50,11 +51,12 @@ PROFILES: dict[str, Profile] = {
     ),
     "cpu": Profile(
         name="cpu",
-        description="sized for one hour on a 2-core CPU: classifier 128², U-Net 96² base 8, few epochs",
+        description="sized for one hour on a 2-core CPU: classifier 128², U-Net 96² base 8, few epochs; "
+                    "BUSI read from a copy resized once to 128 px",
         classifier_image_size=128, classifier_epochs=12, classifier_batch_size=16,
-        segmenter_image_size=96, segmenter_base_channels=8, segmenter_epochs=8, segmenter_batch_size=16,
-        threads=2, device="cpu", improved=True,
-        improved_classifier_epochs=16, improved_segmenter_epochs=12,
+        segmenter_image_size=96, segmenter_base_channels=8, segmenter_epochs=8, segmenter_batch_size=8,
+        threads=1, device="cpu", improved=True,
+        improved_classifier_epochs=16, improved_segmenter_epochs=12, busi_copy_size=128,
     ),
     "tiny": Profile(
         name="tiny",
@@ -62,7 +64,7 @@ PROFILES: dict[str, Profile] = {
         classifier_image_size=64, classifier_epochs=1, classifier_batch_size=8,
         segmenter_image_size=32, segmenter_base_channels=4, segmenter_epochs=1, segmenter_batch_size=8,
         threads=1, device="cpu", improved=True, improved_classifier_epochs=1, improved_segmenter_epochs=1,
-        resamples=200,
+        resamples=200, busi_copy_size=64,
     ),
 }
 

@@ -167,7 +167,8 @@ def _variant(exp: dict[str, Any] | None, side: str, variant: str, key: str) -> d
 def _classification_table(doc: dict[str, Any]) -> list[str]:
     exps = _by_name(doc)
     lines = [
-        "| experiment | metric | seed train | seed test | ours train | ours test [95 % CI] | test n | size | epochs |",
+        "| experiment | metric | seed train | seed test | ours train | ours test [95 % CI] | test n | size "
+        "| epochs |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     rows = [("brain-mri-cls", "brain-mri", "accuracy", "accuracy (2 classes)"),
@@ -183,7 +184,8 @@ def _classification_table(doc: dict[str, Any]) -> list[str]:
         test = _side(exp, "test")
         lines.append(
             f"| {name}{'' if exp['status'].startswith('done') else ' (' + exp['status'] + ')'} | {label} | "
-            f"{_seed(seed.get('train'))} | {_seed(seed.get('test'))} | {_fmt(_side(exp, 'train').get(key))} | "
+            f"{_seed(seed.get('train'))} | {_seed(seed.get('test'))} | "
+            f"{_fmt(_side(exp, 'train').get(key))} | "
             f"{_fmt(test.get(key))} | {test.get('n_images', '—')} | {exp['image_size']}² | {exp['epochs']} |")
     return lines
 
@@ -224,13 +226,21 @@ def _profile_lines(doc: dict[str, Any]) -> list[str]:
     p, m = doc["profile"], doc["machine"]
     return [
         f"- **profile `{p['name']}`** — {p['description']}",
-        f"- classifier (seed CNN): {p['classifier_image_size']}² greyscale, batch {p['classifier_batch_size']}, "
-        f"{p['classifier_epochs']} epochs (improved: {p['improved_classifier_epochs'] or p['classifier_epochs']})",
-        f"- U-Net: {p['segmenter_image_size']}² greyscale, base channels {p['segmenter_base_channels']}, batch "
+        f"- classifier (seed CNN): {p['classifier_image_size']}² greyscale, "
+        f"batch {p['classifier_batch_size']}, {p['classifier_epochs']} epochs "
+        f"(improved: {p['improved_classifier_epochs'] or p['classifier_epochs']})",
+        f"- U-Net: {p['segmenter_image_size']}² greyscale, base channels {p['segmenter_base_channels']}, "
+        "batch "
         f"{p['segmenter_batch_size']}, {p['segmenter_epochs']} epochs "
         f"(improved: {p['improved_segmenter_epochs'] or p['segmenter_epochs']})",
-        "- optimisers as the seed: classifier AdamW lr 1e-3 wd 1e-5, U-Net Adam lr 1e-3 wd 0, grad-norm clip 5; "
+        "- optimisers as the seed: classifier AdamW lr 1e-3 wd 1e-5, U-Net Adam lr 1e-3 wd 0, "
+        "grad-norm clip 5; "
         f"seed {p['seed']}; best checkpoint by validation score (the split's val side)",
+        *([f"- BUSI read from a copy resized once to {p['busi_copy_size']} px with the loader's own resize "
+           "(bilinear images, nearest masks; lossless PNG): the classifier sees exactly the inputs the "
+           f"originals give at {p['busi_copy_size']}², the U-Net resizes that copy to "
+           f"{p['segmenter_image_size']}²; splits are made from the originals"]
+          if p.get("busi_copy_size") else []),
         f"- device `{p['device']}`, torch threads {p['threads'] or 'default'}, bootstrap resamples "
         f"{p['resamples']}",
         f"- machine: {m['platform']}, {m['cpu_count']} CPUs ({m['processor']}), "
@@ -242,7 +252,8 @@ def _profile_lines(doc: dict[str, Any]) -> list[str]:
 
 
 def _split_lines(doc: dict[str, Any]) -> list[str]:
-    lines = ["| dataset | split file | train | val | test | near-duplicate groups (images) | cross-label groups |",
+    lines = ["| dataset | split file | train | val | test | near-duplicate groups (images) "
+             "| cross-label groups |",
              "|---|---|---|---|---|---|---|"]
     for name, s in doc["splits"].items():
         lines.append(f"| {name} | `{s['file']}` | {s['train']} | {s['val']} | {s['test']} | "
@@ -275,12 +286,14 @@ def _findings(doc: dict[str, Any]) -> list[str]:
     split = doc["splits"].get("brain-mri", {})
     if brain is not None and brain < 1.0:
         notes.append(
-            f"**Brain MRI test accuracy {brain:.3f} < the seed's 1.0.** The seed split at random, and its own "
+            f"**Brain MRI test accuracy {brain:.3f} < the seed's 1.0.** The seed split at random, and its "
+            "own "
             "report notes that many brain MRI test images have near-identical twins in training, so its 1.0 "
             "partly measures recall of seen images. Our split (`dlmi.splits.make_split`) puts each group of "
             f"near-duplicates on one side ({split.get('groups', '?')} groups holding "
             f"{split.get('grouped_images', '?')} images), so test images are unseen; the profile's smaller "
-            "input and fewer epochs also cost accuracy. Not measured here: how much of the gap each cause makes.")
+            "input and fewer epochs also cost accuracy. Not measured here: how much of the gap each cause "
+            "makes.")
     busi = exps.get("busi-cls")
     improved = exps.get("busi-cls-improved")
     for key, label in (("accuracy", "3-class accuracy"), ("detect_accuracy", "detect accuracy")):
@@ -303,7 +316,8 @@ def _findings(doc: dict[str, Any]) -> list[str]:
         other = seg_best[2]
         overlap = other["low"] <= improved_dice["high"] and improved_dice["low"] <= other["high"]
         verdict = "intervals overlap: no difference shown" if overlap else "intervals do not overlap"
-        notes.append(f"Improved U-Net (Dice+BCE, augment, cosine lr), test lesion Dice {_fmt(improved_dice)} vs "
+        notes.append(f"Improved U-Net (Dice+BCE, augment, cosine lr), test lesion Dice {_fmt(improved_dice)} "
+                     "vs "
                      f"the best seed-setting U-Net ({seg_best[0]}) {_fmt(other)} — {verdict}. The improved "
                      "run also trains longer (see the profile), so the gain is not the loss/augment alone.")
     for exp in doc["experiments"]:
@@ -357,8 +371,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         f"## Segmentation, seed settings (BUSI, U-Net {seg}², base {p['segmenter_base_channels']})",
         "",
-        "Each U-Net is scored without the aid and with the aid at evaluation (`busi-cls`); the seed's numbers "
-        "sit on the rows that match its setting (unaided/unaided and aided/aided).",
+        "Each U-Net is scored without the aid and with the aid at evaluation (`busi-cls`); the seed's "
+        "numbers sit on the rows that match its setting (unaided/unaided and aided/aided).",
         "",
         *_segmentation_table(doc, improved=False),
         "",

@@ -13,6 +13,7 @@ import os
 import platform
 import shutil
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -90,8 +91,10 @@ class Reproduction:
     """One ``dlmi reproduce`` invocation over a profile's experiments."""
 
     def __init__(self, data_root: Path, profile: Profile, out: Path, results: Path, log: Log = _stderr,
-                 quiet: bool = True) -> None:
+                 quiet: bool = True, cache_dir: Path | None = None) -> None:
         self.data_root = data_root
+        self.cache_dir = cache_dir or Path(tempfile.gettempdir()) / "dlmi-reproduce-cache"
+        self.train_dirs: dict[str, Path] = {}
         self.profile = profile
         self.out = out
         self.results = results
@@ -106,7 +109,12 @@ class Reproduction:
 
     # --- layout ------------------------------------------------------------------------------------------
     def data_dir(self, dataset: str) -> Path:
+        """The original dataset folder (splits are made from it)."""
         return self.data_root / DATA_FOLDERS[dataset]
+
+    def train_dir(self, dataset: str) -> Path:
+        """The folder runs read: the original, or BUSI's resized copy when the profile asks for one."""
+        return self.train_dirs.get(dataset, self.data_dir(dataset))
 
     def run_dir(self, name: str) -> Path:
         return self.out / name
@@ -151,6 +159,15 @@ class Reproduction:
                 "grouped_images": sum(len(g) for g in split.groups),
                 "seconds": round(time.perf_counter() - started, 1) if made else None,
             }
+        if self.profile.busi_copy_size and "busi" in self.splits:
+            from dlmi.experiments.resized import resized_copy
+
+            started = time.perf_counter()
+            self.log(f"[reproduce] BUSI copy at {self.profile.busi_copy_size} px in {self.cache_dir} ...")
+            self.train_dirs["busi"] = resized_copy("busi", self.data_dir("busi"), self.profile.busi_copy_size,
+                                                   self.cache_dir)
+            self.splits["busi"]["read_from"] = str(self.train_dirs["busi"])
+            self.splits["busi"]["copy_seconds"] = round(time.perf_counter() - started, 1)
 
     def config(self, experiment: Experiment) -> Any:
         from dlmi.training import TrainConfig
@@ -158,7 +175,8 @@ class Reproduction:
         p = self.profile
         aid = str(self.run_dir(experiment.aid).resolve()) if experiment.aid else None
         return TrainConfig(
-            task=experiment.task, dataset=experiment.dataset, data_dir=str(self.data_dir(experiment.dataset)),
+            task=experiment.task, dataset=experiment.dataset,
+            data_dir=str(self.train_dir(experiment.dataset)),
             out=str(self.run_dir(experiment.name)), loss=experiment.loss, aid=aid,
             image_size=experiment.image_size, epochs=experiment.epochs, batch_size=experiment.batch_size,
             base_channels=experiment.base_channels, device=p.device, seed=p.seed,
@@ -184,7 +202,7 @@ class Reproduction:
         self.log(f"[reproduce] evaluating {experiment.name} (train, val, test sides) ...")
         aid = self.run_dir(experiment.eval_aid) if experiment.eval_aid else None
         evaluate_run(self.run_dir(experiment.name), aid=aid, side="all",
-                     data_dir=self.data_dir(experiment.dataset), batch_size=self.profile.eval_batch_size,
+                     data_dir=self.train_dir(experiment.dataset), batch_size=self.profile.eval_batch_size,
                      device=self.profile.device, resamples=self.profile.resamples, panels=True, write=True)
 
     def run_one(self, experiment: Experiment) -> None:
@@ -245,17 +263,24 @@ def reproduce(
     *,
     log: Log = _stderr,
     quiet: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
     **overrides: Any,
 ) -> Path:
     """Run every experiment of ``profile`` on ``data_root`` (holding ``busi/`` and ``brain_mri/``).
 
     Writes ``<results>/reproduce-<profile>.md`` and ``.json`` and returns the Markdown path. ``overrides``
-    replace profile fields (e.g. ``segmenter_epochs=2``).
+    replace profile fields (e.g. ``segmenter_epochs=2``); ``cache_dir`` holds BUSI's resized copy
+    (default: the system temp folder).
     """
     chosen = get_profile(profile, **overrides)
+    # Import the whole pipeline now, so edits to the source tree during a long run cannot change it midway.
+    import dlmi.evaluation.run  # noqa: F401
+    import dlmi.splits  # noqa: F401
+    import dlmi.training.runner  # noqa: F401
     if chosen.threads:
         import torch
 
         torch.set_num_threads(chosen.threads)
     out_dir = Path(out) if out is not None else Path("runs") / f"reproduce-{chosen.name}"
-    return Reproduction(Path(data_root), chosen, out_dir, Path(results), log=log, quiet=quiet).run()
+    return Reproduction(Path(data_root), chosen, out_dir, Path(results), log=log, quiet=quiet,
+                        cache_dir=Path(cache_dir) if cache_dir else None).run()

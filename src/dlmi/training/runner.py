@@ -74,6 +74,7 @@ def _train(config: TrainConfig, context: DistributedContext, device: torch.devic
     if context.is_main:
         run.check_new()
     check_global_batch(config, context)
+    resolve_precision(config.precision, device)  # a precision the device lacks: refused before any file
     gate = load_aid(config.aid, config.dataset, device) if config.aid else None
     with main_process_first(context):  # rank 0 fills the hash cache; the others then read it
         if config.split:
