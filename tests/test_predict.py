@@ -217,12 +217,23 @@ def test_tiles_cover_the_image_and_blend_to_the_exact_value():
     assert np.allclose(segment_tiled(small, identity, tile=32), small, atol=1e-6)
 
 
-def test_provider_choice(exported, cli, scans, tmp_path):
+def test_provider_cpu_and_auto(exported):
+    models, _, _ = exported
+    cpu = open_predictor([models], provider="cpu", aided=True)
+    assert cpu.running_on == "onnxruntime CPUExecutionProvider"
+    auto = open_predictor([models], provider="auto", aided=True).running_on
+    if torch.cuda.is_available():  # CUDA, or the CPU where onnxruntime's CUDA libraries are missing
+        assert auto in ("onnxruntime CUDAExecutionProvider", "onnxruntime CPUExecutionProvider")
+    else:
+        assert auto == "onnxruntime CPUExecutionProvider"
+    with pytest.raises(DlmiError, match="--provider"):
+        open_predictor([models], provider="tpu", aided=True)
+
+
+def test_provider_cuda_without_a_gpu_is_a_clear_error(exported, cli, scans, tmp_path):
     models, _, _ = exported
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present: the no-GPU error cannot be shown here")
-    auto = open_predictor([models], provider="auto", aided=True)
-    assert auto.running_on == "onnxruntime CPUExecutionProvider"
     result = cli("predict", "--aided", str(scans), "--models", str(models), "--out", str(tmp_path / "o"),
                  "--provider", "cuda")
     assert result.returncode == 2

@@ -51,12 +51,12 @@ PROFILES: dict[str, Profile] = {
     ),
     "cpu": Profile(
         name="cpu",
-        description="sized for one hour on a 2-core CPU: classifier 128², U-Net 96² base 8, few epochs; "
+        description="sized for under an hour on a 2-core CPU: classifier and U-Net at 128², U-Net base 8; "
                     "BUSI read from a copy resized once to 128 px",
-        classifier_image_size=128, classifier_epochs=12, classifier_batch_size=16,
-        segmenter_image_size=96, segmenter_base_channels=8, segmenter_epochs=8, segmenter_batch_size=8,
+        classifier_image_size=128, classifier_epochs=20, classifier_batch_size=16,
+        segmenter_image_size=128, segmenter_base_channels=8, segmenter_epochs=16, segmenter_batch_size=8,
         threads=1, device="cpu", improved=True,
-        improved_classifier_epochs=16, improved_segmenter_epochs=12, busi_copy_size=128,
+        improved_classifier_epochs=30, improved_segmenter_epochs=24, busi_copy_size=128,
     ),
     "tiny": Profile(
         name="tiny",

@@ -145,11 +145,13 @@ def _fmt(number: dict[str, Any] | None, ci: bool = True) -> str:
 
 
 def _seed(value: float | None) -> str:
-    return "—" if value is None else f"{value:g}"
+    return "—" if value is None else str(value)
 
 
 def _minutes(seconds: float | None) -> str:
-    return "—" if not seconds else f"{seconds / 60:.1f} min"
+    if not seconds:
+        return "—"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def _by_name(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -323,10 +325,14 @@ def _findings(doc: dict[str, Any]) -> list[str]:
     for exp in doc["experiments"]:
         effect = (_side(exp, "test").get("aid_effect") or {}).get("miou_seed")
         if exp["task"] == "segmentation" and effect and effect.get("value") is not None:
-            sign = ("raises" if effect["low"] > 0 else "lowers" if effect["high"] < 0
-                    else "does not change (interval spans 0)")
-            notes.append(f"{exp['name']}: the aid at evaluation {sign} test seed mIoU by "
-                         f"{effect['value']:+.3f} [{effect['low']:+.3f}, {effect['high']:+.3f}] (paired).")
+            verdict = ("raises it" if effect["low"] > 0 else "lowers it" if effect["high"] < 0
+                       else "interval spans 0: no change shown")
+            dice = (_side(exp, "test").get("aid_effect") or {}).get("lesion_dice") or {}
+            dice_text = (f"; test lesion Dice {dice['value']:+.3f} [{dice['low']:+.3f}, {dice['high']:+.3f}]"
+                         if dice.get("value") is not None else "")
+            notes.append(f"{exp['name']}: aid at evaluation minus none, test seed mIoU "
+                         f"{effect['value']:+.3f} [{effect['low']:+.3f}, {effect['high']:+.3f}] ({verdict})"
+                         f"{dice_text} — paired bootstrap over the same images.")
     return notes
 
 

@@ -93,7 +93,7 @@ def _train(config: TrainConfig, context: DistributedContext, device: torch.devic
         run.create()
         save_split(split, run.split)
         write_json_atomic(run.config, config.to_dict())
-    trainer = _build_trainer(config, run, data, gate, device, context)
+    trainer = build_trainer(config, run, data, gate, device, context)
     trainer.fit(progress_mode=_progress_mode(config))
     return run.path
 
@@ -128,7 +128,7 @@ def _resume(run: RunFolder, config: TrainConfig, context: DistributedContext, de
         check_same_split(data, gate)
     if context.is_main:
         write_json_atomic(run.config, config.to_dict())
-    trainer = _build_trainer(config, run, data, gate, device, context)
+    trainer = build_trainer(config, run, data, gate, device, context)
     if run.last.is_file():
         payload = load_checkpoint(run.last, map_location="cpu")
         trainer.load_state(payload)
@@ -209,8 +209,12 @@ def _build_steps(config: TrainConfig, data: RunData, gate: ClassifierGate | None
     return SegmentationSteps(create_loss(str(config.loss)).to(device), gate=gate)
 
 
-def _build_trainer(config: TrainConfig, run: RunFolder, data: RunData, gate: ClassifierGate | None,
-                   device: torch.device, context: DistributedContext = SINGLE_PROCESS) -> Trainer:
+def build_trainer(config: TrainConfig, run: RunFolder, data: RunData, gate: ClassifierGate | None,
+                  device: torch.device, context: DistributedContext = SINGLE_PROCESS) -> Trainer:
+    """The trainer of a resolved ``config``: model, task steps, cached datasets, samplers, loaders.
+
+    Writes ``runtime.json`` into the run folder (main process); ``benchmarks/train_speed.py`` uses it too.
+    """
     meta = _make_meta(config, data, run)
     seed_everything(config.seed, config.deterministic)
     model = _create_model(meta)
