@@ -9,9 +9,11 @@ to show where the difference comes from. Same network (dlmi's ``unet``), size, b
 Dice loss; no augmentation on either side.
 
 Measured: images/s of a pass over the same ``--images`` training images (one epoch), after one warm-up
-pass per variant (which fills dlmi's memory cache: a later epoch); the variants alternate within each of
-``--reps`` rounds (the starting variant rotates), so a busy machine slows all alike. Reported: the median
-images/s per variant, and the median over rounds of each round's ratio to the reference. Also: the
+pass per variant (which fills dlmi's memory cache: a later epoch). Two blocks, each in alternating rounds
+(the starting variant rotates), so a busy machine slows all alike: head to head, the reference against
+dlmi's defaults (``--head-reps`` rounds, short passes, so the two are measured seconds apart); then the
+ablation, every variant (``--reps`` rounds). Reported: the median images/s per variant, and the median
+over rounds of each round's ratio to the reference (with the rounds' range). Also: the
 data path alone (loading batches, no model) with and without the caches; the peak resident memory
 (``ru_maxrss``) of a real ``dlmi train segmenter`` run in a subprocess; training FLOP/s from a FLOP count
 of one forward and backward pass (``torch.utils.flop_counter``).
@@ -87,7 +89,8 @@ class Profile:
     base_channels: int
     batch_size: int
     images: int  # training images per timed pass
-    reps: int
+    head_reps: int  # rounds of reference vs dlmi defaults
+    reps: int  # rounds of the ablation
     threads: int | None
     device: str
     data_images: int  # images per pass of the data-path measurement
@@ -95,10 +98,10 @@ class Profile:
 
 
 PROFILES = {
-    "cpu": Profile("cpu", image_size=128, base_channels=16, batch_size=8, images=32, reps=5, threads=2,
-                   device="cpu", data_images=160, rss_epochs=1),
-    "gpu": Profile("gpu", image_size=512, base_channels=64, batch_size=16, images=256, reps=5, threads=None,
-                   device="cuda", data_images=256, rss_epochs=1),
+    "cpu": Profile("cpu", image_size=128, base_channels=16, batch_size=8, images=16, head_reps=10, reps=3,
+                   threads=2, device="cpu", data_images=160, rss_epochs=1),
+    "gpu": Profile("gpu", image_size=512, base_channels=64, batch_size=16, images=256, head_reps=10, reps=3,
+                   threads=None, device="cuda", data_images=256, rss_epochs=1),
 }
 
 
@@ -182,7 +185,7 @@ def busi_samples(data_dir: Path | None, work: Path, count: int) -> tuple[list[Sa
     """``count`` samples in a fixed shuffled order (all classes), from BUSI or synthetic PNGs on disk."""
     if data_dir is not None and data_dir.is_dir():
         samples = get_dataset("busi").samples(data_dir)
-        origin = f"BUSI real files ({data_dir})"
+        origin = f"real BUSI-layout image files in {data_dir}"
     else:
         from dlmi.datasets.writer import write_class_folders
 
@@ -279,7 +282,7 @@ def peak_rss_of_training_run(data_dir: Path, profile: Profile, work: Path,
     runtime = json.loads((out / "runtime.json").read_text())
     split = json.loads((out / "split.json").read_text())
     return {
-        "command": " ".join(["dlmi", *command[3:]]),
+        "command": " ".join(["dlmi", *command[3:-1], "RUN_DIR"]),
         "peak_rss_mb": round(peak_mb, 1), "imports_only_rss_mb": round(imports_mb, 1),
         "seconds": round(seconds, 1), "epochs": profile.rss_epochs,
         "train_images": len(split["train"]), "val_images": len(split["val"]),
@@ -287,24 +290,44 @@ def peak_rss_of_training_run(data_dir: Path, profile: Profile, work: Path,
     }
 
 
-def alternate(variants: dict[str, Any], images: int, reps: int) -> dict[str, list[float]]:
-    """images/s of each variant's pass, ``reps`` rounds, variants alternating (rotating start)."""
+def alternate(variants: dict[str, Any], images: int, reps: int, warm: set[str]) -> dict[str, list[float]]:
+    """images/s of each variant's pass, ``reps`` rounds, variants alternating (rotating start).
+
+    Variants not in ``warm`` first get one untimed pass (compilation, allocator, dlmi's cache fill).
+    """
     names = list(variants)
     rates: dict[str, list[float]] = {n: [] for n in names}
-    epoch = 1
-    for name in names:  # warm-up: compiles, allocator, cache fill (dlmi's first epoch)
-        started = time.perf_counter()
-        variants[name].train_pass(epoch)
-        print(f"  warm-up {name}: {images / (time.perf_counter() - started):.2f} images/s", flush=True)
+    for name in names:
+        if name not in warm:
+            started = time.perf_counter()
+            variants[name].train_pass(0)
+            print(f"  warm-up {name}: {images / (time.perf_counter() - started):.2f} images/s", flush=True)
+            warm.add(name)
     for rep in range(reps):
-        epoch += 1
         order = names[rep % len(names):] + names[:rep % len(names)]
         for name in order:
+            variant = variants[name]
+            variant.epoch = getattr(variant, "epoch", 0) + 1
             started = time.perf_counter()
-            variants[name].train_pass(epoch)
+            variant.train_pass(variant.epoch)
             rates[name].append(images / (time.perf_counter() - started))
         print(f"  round {rep + 1}/{reps}: " + ", ".join(f"{n} {rates[n][-1]:.2f}" for n in names), flush=True)
     return rates
+
+
+def summarize(rates: dict[str, list[float]], train_flops: float) -> dict[str, dict[str, Any]]:
+    """Median images/s, and the median (and range) over rounds of the ratio to the reference."""
+    reference = rates["reference"]
+    summary = {}
+    for name, values in rates.items():
+        ratios = [v / r for v, r in zip(values, reference, strict=True)]
+        median = statistics.median(values)
+        summary[name] = {"images_per_s": [round(v, 3) for v in values],
+                         "median_images_per_s": round(median, 3),
+                         "median_ratio_to_reference": round(statistics.median(ratios), 3),
+                         "ratio_range": [round(min(ratios), 3), round(max(ratios), 3)],
+                         "training_gflop_per_s": round(median * train_flops / 1e9, 2)}
+    return summary
 
 
 def main() -> None:
@@ -315,7 +338,8 @@ def main() -> None:
     parser.add_argument("--base-channels", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--images", type=int, help="training images per timed pass")
-    parser.add_argument("--reps", type=int)
+    parser.add_argument("--head-reps", type=int, help="rounds of reference vs dlmi defaults")
+    parser.add_argument("--reps", type=int, help="rounds of the ablation (every variant)")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--data-images", type=int)
     parser.add_argument("--with-compile", action="store_true", help="add a --compile variant (slow start)")
@@ -324,8 +348,9 @@ def main() -> None:
     args = parser.parse_args()
 
     profile = PROFILES[args.profile]
-    overrides = {k: getattr(args, k) for k in ("image_size", "base_channels", "batch_size", "images", "reps",
-                                                "threads", "data_images") if getattr(args, k) is not None}
+    names = ("image_size", "base_channels", "batch_size", "images", "head_reps", "reps", "threads",
+             "data_images")
+    overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     profile = replace(profile, **overrides)
     if profile.threads:
         torch.set_num_threads(profile.threads)
@@ -360,8 +385,12 @@ def main() -> None:
         for name, settings in dlmi_steps.items():
             variants[name] = DlmiLoop(train_samples, profile, device, work, **settings)
         defaults_runtime = variants["dlmi defaults"].runtime
-        print(f"training, images/s ({profile.reps} alternating rounds):", flush=True)
-        rates = alternate(variants, len(train_samples), profile.reps)
+        warm: set[str] = set()
+        print(f"head to head, images/s ({profile.head_reps} alternating rounds):", flush=True)
+        head = {name: variants[name] for name in ("reference", "dlmi defaults")}
+        head_rates = alternate(head, len(train_samples), profile.head_reps, warm)
+        print(f"ablation, images/s ({profile.reps} alternating rounds):", flush=True)
+        rates = alternate(variants, len(train_samples), profile.reps, warm)
 
         rss = None
         if not args.skip_rss:
@@ -369,21 +398,14 @@ def main() -> None:
             print("peak memory of a training run ...", flush=True)
             rss = peak_rss_of_training_run(rss_dir, profile, work, hash_cache)
 
-    reference = rates["reference"]
-    summary = {}
-    for name, values in rates.items():
-        ratios = [v / r for v, r in zip(values, reference, strict=True)]
-        summary[name] = {"images_per_s": [round(v, 3) for v in values],
-                         "median_images_per_s": round(statistics.median(values), 3),
-                         "median_ratio_to_reference": round(statistics.median(ratios), 3)}
     forward_flops, train_flops = training_flops_per_image(profile)
-    for entry in summary.values():
-        entry["training_gflop_per_s"] = round(entry["median_images_per_s"] * train_flops / 1e9, 2)
+    head_summary = summarize(head_rates, train_flops)
+    summary = summarize(rates, train_flops)
     gpu: dict[str, Any] | None = None
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         peak = bf16_peak_tflops(name)
-        best = summary["dlmi defaults"]["median_images_per_s"] * train_flops / 1e12
+        best = head_summary["dlmi defaults"]["median_images_per_s"] * train_flops / 1e12
         gpu = {"device_name": name, "bf16_dense_peak_tflops": peak, "dlmi_defaults_tflops": round(best, 2),
                "fraction_of_peak": round(best / peak, 4) if peak else None,
                "max_memory_allocated_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)}
@@ -396,13 +418,25 @@ def main() -> None:
         "data": origin, "training_images_per_pass": len(train_samples),
         "flops_per_image": {"forward": forward_flops, "forward_backward": train_flops},
         "dlmi_defaults_runtime": defaults_runtime, "data_path_images_per_s": data_rates,
-        "training": summary, "peak_memory": rss, "gpu": gpu,
+        "head_to_head": head_summary, "ablation": summary, "peak_memory": rss, "gpu": gpu,
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = args.out_dir / f"train-speed-{profile.name}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     stem.with_suffix(".md").write_text(report(result) + "\n")
     print(f"wrote {stem}.md and .json")
+
+
+def _table(summary: dict[str, dict[str, Any]]) -> list[str]:
+    lines = ["| variant | median images/s | ratio to reference (range) | training GFLOP/s | per round |",
+             "|---|---|---|---|---|"]
+    for name, entry in summary.items():
+        rounds = ", ".join(f"{v:.2f}" for v in entry["images_per_s"])
+        low, high = entry["ratio_range"]
+        rate, ratio = entry["median_images_per_s"], entry["median_ratio_to_reference"]
+        lines.append(f"| {name} | {rate:.2f} | {ratio:.2f}× ({low:.2f}–{high:.2f}) | "
+                     f"{entry['training_gflop_per_s']:.1f} | {rounds} |")
+    return lines
 
 
 def _cpu_name() -> str:
@@ -431,21 +465,18 @@ def report(r: dict[str, Any]) -> str:
         f"dlmi defaults resolved to: precision {runtime['precision']}, channels-last "
         f"{runtime['channels_last']}, cache {runtime['cache']}, workers {runtime['workers']}.",
         "",
-        f"## Training, images/s ({p['reps']} alternating rounds after one warm-up pass each)",
-        "",
         "images/s = training images of one pass / its wall time (data loading included); ratio = the median "
-        "over rounds of (variant / reference in the same round); GFLOP/s = median images/s × "
-        f"{r['flops_per_image']['forward_backward'] / 1e9:.2f} GFLOP per image (forward + backward, "
-        "counted).",
+        "over rounds of (variant / reference in the same round), with the rounds' range; GFLOP/s = median "
+        f"images/s × {r['flops_per_image']['forward_backward'] / 1e9:.2f} GFLOP per image (forward + "
+        "backward, counted). Each variant had one untimed warm-up pass first (for dlmi: the epoch that "
+        "fills the memory cache).",
         "",
-        "| variant | median images/s | ratio to reference | training GFLOP/s | per round |",
-        "|---|---|---|---|---|",
+        f"## Head to head ({p['head_reps']} alternating rounds)",
+        "",
     ]
-    for name, entry in r["training"].items():
-        rounds = ", ".join(f"{v:.2f}" for v in entry["images_per_s"])
-        rate, ratio = entry["median_images_per_s"], entry["median_ratio_to_reference"]
-        gflops = entry["training_gflop_per_s"]
-        lines.append(f"| {name} | {rate:.2f} | {ratio:.2f}× | {gflops:.1f} | {rounds} |")
+    lines += _table(r["head_to_head"])
+    lines += ["", f"## Where it comes from ({p['reps']} alternating rounds, every variant)", ""]
+    lines += _table(r["ablation"])
     lines += ["", "## Data path alone (batches loaded, no model)", "",
               "| loader | images/s |", "|---|---|"]
     lines += [f"| {name} | {value:.1f} |" for name, value in r["data_path_images_per_s"].items()]

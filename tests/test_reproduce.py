@@ -79,12 +79,17 @@ def test_reproduce_tiny_writes_all_rows_and_resumes(data_root: Path, tmp_path: P
         assert name in md
     assert "empty-mask rule" in md and "lesion Dice" in md and "Status: **complete**" in md
 
-    # Re-running skips every finished experiment: no checkpoint is rewritten.
+    # Re-running skips every finished experiment (no checkpoint is rewritten); one whose test evaluation is
+    # missing counts as unfinished: it is evaluated again, not retrained.
     stamps = {name: (out / name / "best.pt").stat().st_mtime_ns for name in EXPERIMENTS}
+    (out / "busi-unet-mse" / "eval-test.json").unlink()
     second = cli(*args)
     assert second.returncode == 0, second.stderr
-    assert second.stderr.count("complete, skipped") == len(EXPERIMENTS)
+    assert second.stderr.count("complete, skipped") == len(EXPERIMENTS) - 1
+    assert "evaluating busi-unet-mse " in second.stderr and "training busi-unet-mse " not in second.stderr
+    assert (out / "busi-unet-mse" / "eval-test.json").is_file()
     assert stamps == {name: (out / name / "best.pt").stat().st_mtime_ns for name in EXPERIMENTS}
+    assert json.loads((results / "reproduce-tiny.json").read_text())["complete"] is True
 
 
 def test_reproduce_refuses_missing_dataset_folder(tmp_path: Path, cli) -> None:

@@ -139,3 +139,31 @@ def test_compiled_run_saves_the_plain_state_dict(config, tmp_path: Path) -> None
     state = torch.load(run_dir / "best.pt", weights_only=True)["model"]
     assert not any(k.startswith("_orig_mod") for k in state)
     assert load_trained(run_dir).model(torch.rand(1, 1, 32, 32)).shape == (1, 1, 32, 32)
+
+
+@pytest.mark.slow
+def test_benchmark_script_runs_and_reports(tiny_busi, tmp_path: Path) -> None:
+    """benchmarks/train_speed.py at toy settings: both tables, the data path, every variant measured."""
+    import subprocess
+    import sys
+
+    data, _ = tiny_busi
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "train_speed.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--data-dir", str(data), "--image-size", "32", "--base-channels", "4",
+         "--batch-size", "4", "--images", "8", "--head-reps", "2", "--reps", "1", "--data-images", "8",
+         "--threads", "1", "--skip-rss", "--out-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "train-speed-cpu.json").read_text())
+    assert set(result["head_to_head"]) == {"reference", "dlmi defaults"}
+    assert len(result["ablation"]) == 5 and result["torch_threads"] == 1
+    assert all(len(v["images_per_s"]) == 2 and min(v["images_per_s"]) > 0
+               for v in result["head_to_head"].values())
+    assert result["head_to_head"]["reference"]["median_ratio_to_reference"] == 1.0
+    assert all(rate > 0 for rate in result["data_path_images_per_s"].values())
+    assert result["flops_per_image"]["forward_backward"] > 2 * result["flops_per_image"]["forward"]
+    report = (tmp_path / "train-speed-cpu.md").read_text()
+    assert "## Head to head" in report and "## Data path alone" in report
+    assert f"real BUSI-layout image files in {data}" in report

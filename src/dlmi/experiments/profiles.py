@@ -54,9 +54,9 @@ PROFILES: dict[str, Profile] = {
         description="sized for under an hour on a 2-core CPU: classifier and U-Net at 128², U-Net base 8; "
                     "BUSI read from a copy resized once to 128 px",
         classifier_image_size=128, classifier_epochs=20, classifier_batch_size=16,
-        segmenter_image_size=128, segmenter_base_channels=8, segmenter_epochs=16, segmenter_batch_size=8,
+        segmenter_image_size=128, segmenter_base_channels=8, segmenter_epochs=12, segmenter_batch_size=8,
         threads=1, device="cpu", improved=True,
-        improved_classifier_epochs=30, improved_segmenter_epochs=24, busi_copy_size=128,
+        improved_classifier_epochs=30, improved_segmenter_epochs=18, busi_copy_size=128,
     ),
     "tiny": Profile(
         name="tiny",

@@ -213,7 +213,7 @@ def _segmentation_table(doc: dict[str, Any], improved: bool) -> list[str]:
         for variant in variants:
             seed = SEED_SEGMENTATION.get(loss, {})
             seed_row = seed.get(training) if training == variant else None
-            aid = f" ({exp['eval_aid']})" if variant != "unaided" else ""
+            aid = f" ({exp['eval_aid']})" if variant.startswith("aided") else ""
             lines.append(
                 f"| {loss}{status} | {training} | {variant}{aid} | "
                 f"{_seed((seed_row or {}).get('train'))} | {_seed((seed_row or {}).get('test'))} | "
@@ -321,7 +321,8 @@ def _findings(doc: dict[str, Any]) -> list[str]:
         notes.append(f"Improved U-Net (Dice+BCE, augment, cosine lr), test lesion Dice {_fmt(improved_dice)} "
                      "vs "
                      f"the best seed-setting U-Net ({seg_best[0]}) {_fmt(other)} — {verdict}. The improved "
-                     "run also trains longer (see the profile), so the gain is not the loss/augment alone.")
+                     "run also trains for more epochs (see the profile), so a difference would not be due to "
+                     "the loss and augmentation alone.")
     for exp in doc["experiments"]:
         effect = (_side(exp, "test").get("aid_effect") or {}).get("miou_seed")
         if exp["task"] == "segmentation" and effect and effect.get("value") is not None:

@@ -136,6 +136,12 @@ class Reproduction:
                             "use another --out or remove it")
         self.out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(saved, self.profile.to_dict())
+        state = self.out / "reproduce-state.json"
+        first = (_read_json(state) or {}).get("started")
+        if first:
+            self.started = first  # a resumed reproduction keeps the time it was first started
+        else:
+            write_json_atomic(state, {"started": self.started})
 
     def make_splits(self) -> None:
         """One leakage-free split per dataset (``dlmi.splits.make_split`` defaults), shared by its runs."""

@@ -83,6 +83,8 @@ class TrainConfig:
     split: str | None = None
     fold: int | None = None
     quiet: bool = False
+    # Speed and scale (docs/distributed.md): autocast precision, NHWC tensors, torch.compile, the decoded-
+    # image cache, and BatchNorm over the global batch under torchrun.
     precision: str = "auto"
     channels_last: bool = True
     compile: bool = False
