@@ -95,13 +95,14 @@ class Profile:
     device: str
     data_images: int  # images per pass of the data-path measurement
     rss_epochs: int
+    workers: int  # of the "+ --workers" variant
 
 
 PROFILES = {
     "cpu": Profile("cpu", image_size=128, base_channels=16, batch_size=8, images=16, head_reps=10, reps=3,
-                   threads=2, device="cpu", data_images=160, rss_epochs=1),
+                   threads=2, device="cpu", data_images=160, rss_epochs=1, workers=1),
     "gpu": Profile("gpu", image_size=512, base_channels=64, batch_size=16, images=256, head_reps=10, reps=3,
-                   threads=None, device="cuda", data_images=256, rss_epochs=1),
+                   threads=None, device="cuda", data_images=256, rss_epochs=1, workers=4),
 }
 
 
@@ -379,6 +380,7 @@ def main() -> None:
             "dlmi + memory cache": dict(precision="fp32", channels_last=False, cache="memory"),
             "dlmi + channels-last": dict(precision="fp32", channels_last=True, cache="memory"),
             "dlmi defaults": {},
+            f"dlmi defaults + --workers {profile.workers}": dict(workers=profile.workers),
         }
         if args.with_compile:
             dlmi_steps["dlmi defaults + --compile"] = dict(compile=True)

@@ -76,6 +76,7 @@ def test_bf16_channels_last_run_learns_and_saves_plain_weights(config, tmp_path:
     assert runtime["processes"] == 1 and runtime["torch_threads"] == 1
     state = torch.load(run_dir / "best.pt", weights_only=True)["model"]
     assert all(v.dtype in (torch.float32, torch.int64) for v in state.values())  # fp32 master weights
+    assert all(v.is_contiguous() for v in state.values())  # saved in NCHW, whatever the training layout
     trained = load_trained(run_dir)  # a plain (NCHW, fp32) model takes them
     assert trained.model(torch.rand(1, 1, 32, 32)).dtype == torch.float32
 
@@ -158,7 +159,7 @@ def test_benchmark_script_runs_and_reports(tiny_busi, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((tmp_path / "train-speed-cpu.json").read_text())
     assert set(result["head_to_head"]) == {"reference", "dlmi defaults"}
-    assert len(result["ablation"]) == 5 and result["torch_threads"] == 1
+    assert len(result["ablation"]) == 6 and result["torch_threads"] == 1
     assert all(len(v["images_per_s"]) == 2 and min(v["images_per_s"]) > 0
                for v in result["head_to_head"].values())
     assert result["head_to_head"]["reference"]["median_ratio_to_reference"] == 1.0

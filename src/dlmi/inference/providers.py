@@ -43,14 +43,21 @@ def torch_device(choice: str) -> torch.device:
     return torch.device("cuda" if wants_cuda(choice) else "cpu")
 
 
-def session_options(threads: int | None = None):  # -> onnxruntime.SessionOptions
-    """Session options: all graph optimisations, quiet logs, ``threads`` intra-op threads (0: default)."""
+def session_options(threads: int | None = None, *, spin: bool = False):  # -> onnxruntime.SessionOptions
+    """Session options: all graph optimisations, quiet logs, ``threads`` intra-op threads (0: default).
+
+    Worker threads do not spin-wait between calls unless ``spin``: during ``dlmi predict`` the CPU is
+    shared with the thread that decodes the next batch, and spinning threads would take it (measured in
+    ``benchmarks/predict.py``: no slower on a 2-core machine, faster under load).
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     options.intra_op_num_threads = int(threads or 0)
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 

@@ -199,7 +199,9 @@ class Trainer:
         )
 
     def _payload(self, row: dict[str, Any]) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "meta": self.meta, "epoch": row["epoch"], "metrics": row}
+        # Contiguous (NCHW) tensors: a checkpoint does not depend on the layout it was trained in.
+        weights = {k: v.contiguous() for k, v in self.model.state_dict().items()}
+        return {"model": weights, "meta": self.meta, "epoch": row["epoch"], "metrics": row}
 
     def save_epoch(self, row: dict[str, Any], is_best: bool) -> None:
         """Metrics line, then best.pt, then last.pt: a crash between them repeats this epoch on resume."""

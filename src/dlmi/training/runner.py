@@ -122,6 +122,7 @@ def resume_training(run_dir: str | os.PathLike[str], **overrides: Any) -> Path:
 
 def _resume(run: RunFolder, config: TrainConfig, context: DistributedContext, device: torch.device) -> Path:
     check_global_batch(config, context)
+    resolve_precision(config.precision, device)
     gate = load_aid(config.aid, config.dataset, device) if config.aid else None
     data = prepare_data(config, read_split(run.split), split_name=str(run.split))
     if gate is not None:
