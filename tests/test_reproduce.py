@@ -56,6 +56,8 @@ def test_reproduce_tiny_writes_all_rows_and_resumes(data_root: Path, tmp_path: P
     for name in ("busi", "brain-mri"):
         split = doc["splits"][name]
         assert Path(split["file"]).is_file()
+        recorded = json.loads(Path(split["recorded_as"]).read_text())
+        assert recorded == json.loads(Path(split["file"]).read_text())
         assert split["train"] > 0 and split["test"] > 0
     # The classifier and every U-Net of BUSI used the recorded split.
     busi_split = json.loads(Path(doc["splits"]["busi"]["file"]).read_text())

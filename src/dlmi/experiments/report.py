@@ -120,6 +120,7 @@ def collect(repro: Reproduction, complete: bool) -> dict[str, Any]:
         "data_root": str(repro.data_root),
         "out": str(repro.out),
         "started": repro.started,
+        "completed": repro.completed,
         "updated": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": repro.machine,
         "splits": repro.splits,
@@ -130,6 +131,7 @@ def collect(repro: Reproduction, complete: bool) -> dict[str, Any]:
             "segmentation_miou": SEED_SEGMENTATION,
         },
         "total_wall_s": round(sum(walls) + split_s, 1),
+        "skipped_this_invocation": list(repro.skipped),
         "experiments": experiments,
     }
 
@@ -152,6 +154,10 @@ def _minutes(seconds: float | None) -> str:
     if not seconds:
         return "—"
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _elapsed(start: str, end: str) -> float:
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
 
 
 def _by_name(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -240,16 +246,21 @@ def _profile_lines(doc: dict[str, Any]) -> list[str]:
         f"seed {p['seed']}; best checkpoint by validation score (the split's val side)",
         *([f"- BUSI read from a copy resized once to {p['busi_copy_size']} px with the loader's own resize "
            "(bilinear images, nearest masks; lossless PNG): the classifier sees exactly the inputs the "
-           f"originals give at {p['busi_copy_size']}², the U-Net resizes that copy to "
-           f"{p['segmenter_image_size']}²; splits are made from the originals"]
+           f"originals give at {p['busi_copy_size']}², "
+           + (f"and so does the U-Net at {p['segmenter_image_size']}²"
+              if p['segmenter_image_size'] == p['busi_copy_size']
+              else f"the U-Net resizes that copy to {p['segmenter_image_size']}²")
+           + "; splits are made from the originals"]
           if p.get("busi_copy_size") else []),
         f"- device `{p['device']}`, torch threads {p['threads'] or 'default'}, bootstrap resamples "
         f"{p['resamples']}",
         f"- machine: {m['platform']}, {m['cpu_count']} CPUs ({m['processor']}), "
         f"{'GPU ' + m['cuda'] if m.get('cuda') else 'no GPU'}; python {m['python']}, torch {m['torch']}, "
         f"dlmi {m['dlmi_version']}",
-        f"- started {doc['started']}, last updated {doc['updated']}; total wall time "
-        f"{_minutes(doc['total_wall_s'])}",
+        f"- started {doc['started']}, last updated {doc['updated']}; total wall time (sum of the splits, "
+        f"the BUSI copy and every experiment's training and evaluation) {_minutes(doc['total_wall_s'])}"
+        + (f"; first start to completion {_minutes(_elapsed(doc['started'], doc['completed']))}"
+           if doc.get("completed") else ""),
     ]
 
 
@@ -258,7 +269,8 @@ def _split_lines(doc: dict[str, Any]) -> list[str]:
              "| cross-label groups |",
              "|---|---|---|---|---|---|---|"]
     for name, s in doc["splits"].items():
-        lines.append(f"| {name} | `{s['file']}` | {s['train']} | {s['val']} | {s['test']} | "
+        lines.append(f"| {name} | `{s.get('recorded_as') or s['file']}` | {s['train']} | {s['val']} | "
+                     f"{s['test']} | "
                      f"{s['groups']} ({s['grouped_images']}) | {s['cross_label']} |")
     return lines
 
@@ -337,6 +349,49 @@ def _findings(doc: dict[str, Any]) -> list[str]:
     return notes
 
 
+# The targets on BUSI's leakage-free test side (set for the gpu profile).
+TARGETS = (
+    ("lesion Dice", "lesion_dice", 0.75),
+    ("seed mIoU, aided evaluation", "miou_seed", 0.70),
+    ("3-class accuracy", "accuracy", 0.88),
+    ("detect accuracy", "detect_accuracy", 0.95),
+)
+
+
+def _best_test(doc: dict[str, Any], key: str, aided_only: bool) -> tuple[str, dict[str, Any]] | None:
+    best: tuple[str, dict[str, Any]] | None = None
+    for exp in doc["experiments"]:
+        if exp["dataset"] != "busi":
+            continue
+        side = _side(exp, "test")
+        candidates = []
+        if exp["task"] == "classification" and key in side:
+            candidates.append((exp["name"], side[key]))
+        for variant, scores in (side.get("variants") or {}).items():
+            if key in scores and (not aided_only or variant.startswith("aided")):
+                candidates.append((f"{exp['name']} ({variant})", scores[key]))
+        for name, number in candidates:
+            if _value(number) is not None and (best is None or number["value"] > best[1]["value"]):
+                best = (name, number)
+    return best
+
+
+def _target_lines(doc: dict[str, Any]) -> list[str]:
+    lines = ["## Targets (set for the gpu profile) against this profile's best test numbers", "",
+             "| target | threshold | best here, test side [95 % CI] | run | reached |",
+             "|---|---|---|---|---|"]
+    for label, key, threshold in TARGETS:
+        best = _best_test(doc, key, aided_only=key == "miou_seed")
+        if best is None:
+            lines.append(f"| {label} | ≥ {threshold} | — | — | — |")
+            continue
+        reached = "yes" if best[1]["value"] >= threshold else "no"
+        lines.append(f"| {label} | ≥ {threshold} | {_fmt(best[1])} | {best[0]} | {reached} |")
+    lines += ["", "Picking the best of several runs on the test side flatters it; read these as what the "
+              "profile can reach, not as a selected model's score.", ""]
+    return lines
+
+
 def markdown(doc: dict[str, Any]) -> str:
     p = doc["profile"]
     done = sum(e["status"].startswith("done") for e in doc["experiments"])
@@ -364,7 +419,8 @@ def markdown(doc: dict[str, Any]) -> str:
     out += [
         "## Splits",
         "",
-        "The same split file serves the classifier and every U-Net of a dataset.",
+        "The same split file serves the classifier and every U-Net of a dataset (a copy is kept beside "
+        "this report).",
         "",
         *_split_lines(doc),
         "",
@@ -394,6 +450,7 @@ def markdown(doc: dict[str, Any]) -> str:
             *_segmentation_table(doc, improved=True),
             "",
         ]
+    out += _target_lines(doc)
     notes = _findings(doc)
     if notes:
         out += ["## Findings (computed from the numbers above)", "", *[f"- {n}" for n in notes], ""]

@@ -103,6 +103,8 @@ class Reproduction:
         self.experiments = plan_experiments(profile)
         self.status: dict[str, str] = {e.name: "pending" for e in self.experiments}
         self.errors: dict[str, str] = {}
+        self.skipped: list[str] = []
+        self.completed: str | None = None
         self.splits: dict[str, dict[str, Any]] = {}
         self.started = datetime.now(UTC).isoformat(timespec="seconds")
         self.machine = machine_info()
@@ -158,8 +160,12 @@ class Reproduction:
                 split = make_split(dataset, self.data_dir(dataset))
                 save_split(split, path)
                 made = True
+            recorded = self.results / f"reproduce-{self.profile.name}-split-{dataset}.json"
+            self.results.mkdir(parents=True, exist_ok=True)
+            save_split(split, recorded)
             self.splits[dataset] = {
-                "file": str(path), "seed": split.seed, "threshold": split.threshold,
+                "file": str(path), "recorded_as": str(recorded), "seed": split.seed,
+                "threshold": split.threshold,
                 "hash": split.hash, "train": len(split.train), "val": len(split.val), "test": len(split.test),
                 "groups": len(split.groups), "cross_label": len(split.cross_label),
                 "grouped_images": sum(len(g) for g in split.groups),
@@ -214,7 +220,8 @@ class Reproduction:
     def run_one(self, experiment: Experiment) -> None:
         run_dir = self.run_dir(experiment.name)
         if is_complete(run_dir, experiment):
-            self.status[experiment.name] = "done (found complete, skipped)"
+            self.status[experiment.name] = "done"
+            self.skipped.append(experiment.name)
             self.log(f"[reproduce] {experiment.name}: complete, skipped")
             return
         missing = [n for n in experiment.needs if not self.status[n].startswith("done")]
@@ -253,6 +260,12 @@ class Reproduction:
                 if not isinstance(exc, DlmiError):
                     traceback.print_exc()
             self.write(complete=False)
+        state_path = self.out / "reproduce-state.json"
+        state = _read_json(state_path) or {"started": self.started}
+        if "completed" not in state and all(s.startswith("done") for s in self.status.values()):
+            state["completed"] = datetime.now(UTC).isoformat(timespec="seconds")
+            write_json_atomic(state_path, state)
+        self.completed = state.get("completed")
         path = self.write(complete=True)
         failed = [name for name, status in self.status.items() if not status.startswith("done")]
         if failed:
