@@ -90,7 +90,10 @@ def _timing(run_dir: Path) -> dict[str, Any]:
             except json.JSONDecodeError:
                 break
     best = [r["epoch"] for r in rows if r.get("best")]
+    runtime = _read(run_dir / "runtime.json") or {}
     return {
+        "precision": runtime.get("precision"),
+        "channels_last": runtime.get("channels_last"),
         "train_wall_s": timing.get("train_wall_s"),
         "eval_wall_s": timing.get("eval_wall_s"),
         "epoch_seconds_sum": round(sum(float(r.get("seconds", 0.0)) for r in rows), 1),
@@ -276,15 +279,17 @@ def _split_lines(doc: dict[str, Any]) -> list[str]:
 
 
 def _time_lines(doc: dict[str, Any]) -> list[str]:
-    lines = ["| experiment | status | epochs | best epoch | train wall | eval wall | mean epoch |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| experiment | status | epochs | best epoch | train wall | eval wall | mean epoch "
+             "| precision |",
+             "|---|---|---|---|---|---|---|---|"]
     for e in doc["experiments"]:
         t = e["timing"]
         mean = t["epoch_seconds_sum"] / t["epochs_trained"] if t["epochs_trained"] else None
         lines.append(f"| {e['name']} | {e['status']}{' — ' + e['error'] if e.get('error') else ''} | "
                      f"{t['epochs_trained']}/{e['epochs']} | {t['best_epoch'] or '—'} | "
                      f"{_minutes(t['train_wall_s'])} | {_minutes(t['eval_wall_s'])} | "
-                     f"{'—' if mean is None else f'{mean:.0f} s'} |")
+                     f"{'—' if mean is None else f'{mean:.0f} s'} | "
+                     f"{t.get('precision') or '—'}{', channels-last' if t.get('channels_last') else ''} |")
     return lines
 
 
