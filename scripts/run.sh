@@ -38,8 +38,8 @@ $DLMI predict --aided "$OUT/new-images" --models exported --out "$OUT/prediction
 cat <<MSG
 
 Done. Where things are:
-  $OUT/classifier/, $OUT/segmenter/   run folders: config, split, metrics.jsonl, checkpoints, curves,
-                                      eval-test.md (the tables above), confusion matrix, panels.png
-  exported/                           classifier.onnx, unet.onnx, two_stage.onnx (+ export.json)
-  $OUT/predictions/                   per-image mask and overlay PNGs, predictions.csv, predictions.json
+  $OUT/{classifier,segmenter}/   run folders: config, split, metrics.jsonl, checkpoints, curves,
+                                 eval-test.md (the tables above), confusion matrix, panels.png
+  exported/                      classifier.onnx, unet.onnx, two_stage.onnx (+ export.json)
+  $OUT/predictions/              per-image mask and overlay PNGs, predictions.csv, predictions.json
 MSG
