@@ -10,6 +10,13 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 
+def _default_mode() -> int:
+    """The permissions an ordinary ``open(path, "w")`` would give (0o666 less the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> Path:
     """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it into place."""
     path = Path(path)
@@ -20,6 +27,7 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, _default_mode())  # mkstemp makes 0600 files; outputs should be readable like any other
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

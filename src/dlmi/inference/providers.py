@@ -47,8 +47,8 @@ def session_options(threads: int | None = None, *, spin: bool = False):  # -> on
     """Session options: all graph optimisations, quiet logs, ``threads`` intra-op threads (0: default).
 
     Worker threads do not spin-wait between calls unless ``spin``: during ``dlmi predict`` the CPU is
-    shared with the thread that decodes the next batch, and spinning threads would take it (measured in
-    ``benchmarks/predict.py``: no slower on a 2-core machine, faster under load).
+    shared with the thread that decodes the next batch, and spinning threads would take it
+    (``benchmarks/predict.py``: equal speed on a quiet 2-core machine, slightly faster under load).
     """
     import onnxruntime as ort
 
