@@ -10,11 +10,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 
-def _default_mode() -> int:
-    """The permissions an ordinary ``open(path, "w")`` would give (0o666 less the umask)."""
+def _read_umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+# The permissions an ordinary ``open(path, "w")`` gives: 0o666 less the umask (read once, at import).
+FILE_MODE = 0o666 & ~_read_umask()
 
 
 def write_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> Path:
@@ -27,7 +30,7 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, _default_mode())  # mkstemp makes 0600 files; outputs should be readable like any other
+        os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600 files; outputs should be readable like any other
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
