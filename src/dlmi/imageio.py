@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +29,13 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def _open(path: Path) -> Image.Image:
+@contextmanager
+def _reading(path: Path, what: str = "cannot read image") -> Iterator[None]:
+    """Turn any failure to open or decode ``path`` into a one-line :class:`DlmiError` naming it."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
-            image.load()
-        return image
+            yield
     except FileNotFoundError:
         raise DlmiError(f"{path}: file not found") from None
     except IsADirectoryError:
@@ -42,7 +43,14 @@ def _open(path: Path) -> Image.Image:
     except UnidentifiedImageError:
         raise DlmiError(f"{path}: not a readable image (unknown or corrupt format)") from None
     except _READ_ERRORS as exc:
-        raise DlmiError(f"{path}: cannot read image ({_one_line(exc)})") from None
+        raise DlmiError(f"{path}: {what} ({_one_line(exc)})") from None
+
+
+def _open(path: Path) -> Image.Image:
+    with _reading(path):
+        image = Image.open(path)
+        image.load()
+    return image
 
 
 def _one_line(exc: BaseException) -> str:
@@ -121,19 +129,8 @@ def read_grey(path: str | os.PathLike[str]) -> np.ndarray:
 def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     """(width, height) of an image file, reading only its header."""
     path = Path(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                return image.size
-    except FileNotFoundError:
-        raise DlmiError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise DlmiError(f"{path}: is a folder, not an image file") from None
-    except UnidentifiedImageError:
-        raise DlmiError(f"{path}: not a readable image (unknown or corrupt format)") from None
-    except _READ_ERRORS as exc:
-        raise DlmiError(f"{path}: not a readable image ({_one_line(exc)})") from None
+    with _reading(path, "not a readable image"), Image.open(path) as image:
+        return image.size
 
 
 def read_mask(

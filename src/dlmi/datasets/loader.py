@@ -20,12 +20,13 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
 
 
-def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """Nearest-neighbour resize of a bool (H, W) mask to (size, size)."""
-    if mask.shape == (size, size):
+def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a bool (H, W) mask to (size, size), or to a (height, width) shape."""
+    shape = (size, size) if isinstance(size, int) else tuple(size)
+    if mask.shape == shape:
         return mask
     as_u8 = Image.fromarray(mask.astype(np.uint8) * 255)
-    return np.asarray(as_u8.resize((size, size), Image.Resampling.NEAREST)) > 127
+    return np.asarray(as_u8.resize((shape[1], shape[0]), Image.Resampling.NEAREST)) > 127
 
 
 class ImageDataset(Dataset):

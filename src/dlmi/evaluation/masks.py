@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from dlmi.datasets.loader import resize_mask
 from dlmi.errors import DlmiError
 from dlmi.imageio import is_image_file, read_mask
 from dlmi.metrics.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
@@ -84,11 +84,6 @@ def pair_masks(pred_dir: Path, truth_dir: Path, *, missing_as_empty: bool) -> tu
     return pairs, len(set(preds) - used)
 
 
-def _resize_nearest(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    image = Image.fromarray(mask.astype(np.uint8) * 255)
-    return np.asarray(image.resize((shape[1], shape[0]), Image.Resampling.NEAREST)) > 127
-
-
 def evaluate_masks(
     pred_dir: str | Path,
     truth_dir: str | Path,
@@ -118,7 +113,7 @@ def evaluate_masks(
                         f"{pair.prediction}: prediction is {pred.shape[1]}x{pred.shape[0]} but truth "
                         f"{pair.truth} is {truth.shape[1]}x{truth.shape[0]}; pass --resize to resize "
                         "predictions (nearest neighbour)")
-                pred = _resize_nearest(pred, truth.shape)
+                pred = resize_mask(pred, truth.shape)
                 resized += 1
         sizes.add((truth.shape[1], truth.shape[0]))
         label = [classes.index(pair.key.split("/", 1)[0])] if classes else None
