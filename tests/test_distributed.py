@@ -13,10 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from busi_folder import write_busi_folder
 
 from dlmi.errors import DlmiError
 from dlmi.training.config import TrainConfig
@@ -24,28 +23,8 @@ from dlmi.training.distributed import DistributedContext, launch_context, resolv
 from dlmi.training.runner import check_global_batch
 from dlmi.training.sampling import EpochSampler, ShardSampler
 
-CLASSES = ("normal", "benign", "malignant")
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 LAUNCH = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
-
-
-def write_busi_folder(root: Path, per_class: int = 8, size: int = 48) -> Path:
-    """A BUSI-layout folder of real PNGs: bright disks (benign), dark disks (malignant), plain normals."""
-    for label, name in enumerate(CLASSES):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            rng = np.random.default_rng(100 * label + i)
-            image = rng.normal(100, 25, (size, size))
-            mask = np.zeros((size, size), dtype=bool)
-            if label:
-                cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
-                yy, xx = np.mgrid[0:size, 0:size]
-                mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= int(rng.integers(size // 8, size // 5)) ** 2
-                image[mask] = 220 if label == 1 else 30
-            stem = f"{name} ({i + 1})"
-            Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(root / name / f"{stem}.png")
-            Image.fromarray(mask.astype(np.uint8) * 255).save(root / name / f"{stem}_mask.png")
-    return root
 
 
 def flat_weights(run_dir: Path) -> torch.Tensor:
@@ -60,7 +39,7 @@ def metrics(run_dir: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_two_processes_train_like_one(cli, tmp_path: Path) -> None:
-    data = write_busi_folder(tmp_path / "busi")
+    data = write_busi_folder(tmp_path / "busi", per_class=8, size=48)
     keys = sorted(str(p.relative_to(data)) for p in data.rglob("*.png") if "_mask" not in p.name)
     # 16 training images (2 global batches of 8), 5 validation images (uneven shards: 3 and 2).
     split = tmp_path / "split.json"

@@ -13,12 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from busi_folder import write_busi_folder
 
-CLASSES = ("normal", "benign", "malignant")
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # the test machine's 2 cores are shared
 
 
@@ -28,29 +26,9 @@ def private_cache(tmp_path_factory, monkeypatch) -> None:
     monkeypatch.setenv("DLMI_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
-def write_tiny_busi(root: Path, per_class: int = 10, size: int = 64) -> Path:
-    """BUSI's layout: CLASS/NAME.png plus NAME_mask.png; lesions are bright disks, normals empty masks."""
-    for label, name in enumerate(CLASSES):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            rng = np.random.default_rng(100 * label + i)
-            image = rng.normal(100, 25, (size, size))
-            mask = np.zeros((size, size), dtype=bool)
-            if label:
-                cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
-                r = int(rng.integers(size // 8, size // 5))
-                yy, xx = np.mgrid[0:size, 0:size]
-                mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-                image[mask] = 220 if label == 1 else 30
-            stem = f"{name} ({i + 1})"
-            Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(root / name / f"{stem}.png")
-            Image.fromarray(mask.astype(np.uint8) * 255).save(root / name / f"{stem}_mask.png")
-    return root
-
-
 @pytest.fixture(scope="module")
 def tiny_busi(tmp_path_factory) -> Path:
-    return write_tiny_busi(tmp_path_factory.mktemp("data") / "busi")
+    return write_busi_folder(tmp_path_factory.mktemp("data") / "busi", per_class=10, size=64)
 
 
 def segmenter_args(data: Path, out: Path, epochs: int) -> list[str]:
