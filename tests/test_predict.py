@@ -21,7 +21,7 @@ from dlmi.inference.outputs import output_stems
 from dlmi.inference.predictor import open_predictor
 from dlmi.inference.preprocess import model_input
 from dlmi.inference.tiling import hann_window, segment_tiled, tile_starts
-from dlmi.training.run import load_trained
+from dlmi.runtime.trained import load_trained
 
 BUSI_FILES = ["benign/benign (1).png", "malignant/malignant (1).png", "normal/normal (1).png"]
 IMAGES = 5  # 3 BUSI + dark.JPG + sub/rgba.PNG (broken.png fails, notes.txt is ignored)
@@ -135,7 +135,7 @@ def test_rerun_skips_finished_images_and_overwrite_redoes_them(exported, scans, 
     assert {p: p.stat().st_mtime_ns for p in masks} == stamps
     assert (out / "predictions.csv").read_text() == table
 
-    (out / "masks" / "dark.png").unlink()  # a lost output is predicted again
+    (out / "masks" / "dark.JPG.png").unlink()  # a lost output is predicted again
     repaired = predict_folder(scans, out, predictor, settings, log=lambda m: None)
     assert (repaired.predicted, repaired.skipped) == (1, IMAGES - 1)
 
@@ -144,8 +144,9 @@ def test_rerun_skips_finished_images_and_overwrite_redoes_them(exported, scans, 
     assert (redone.predicted, redone.skipped) == (IMAGES, 0)
     assert (out / "predictions.csv").read_text() == table
 
-    with pytest.raises(DlmiError, match="other settings"):
-        predict_folder(scans, out, predictor, PredictSettings(aided=True, threshold=0.3), log=lambda m: None)
+    other = predict_folder(scans, out, predictor, PredictSettings(aided=True, threshold=0.3),
+                           log=lambda m: None)
+    assert (other.predicted, other.skipped) == (IMAGES, 0)  # other settings: every image again
 
 
 def test_output_folder_inside_the_input_is_not_read_back(exported, scans):
@@ -252,11 +253,10 @@ def test_missing_models_are_one_line_errors(tmp_path, scans):
         open_predictor([tmp_path / "partial"], backend="tensorflow")
 
 
-def test_output_names_keep_clashing_stems_apart():
-    files = [PurePosixPath(p) for p in ("a.png", "a.JPG", "b.png", "x/a.png")]
+def test_output_names_keep_the_full_file_name():
+    files = [PurePosixPath(p) for p in ("a.png", "a.JPG", "a_png.png", "x/a.png")]
     stems = output_stems(files)
-    assert stems[files[0]] == "a_png" and stems[files[1]] == "a_jpg"
-    assert stems[files[2]] == "b" and stems[files[3]] == "x/a"
+    assert [stems[f] for f in files] == ["a.png", "a.JPG", "a_png.png", "x/a.png"]
     assert len(set(stems.values())) == len(files)
 
 

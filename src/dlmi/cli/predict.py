@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+EXIT_SKIPPED = 1  # some input files could not be predicted; 2 (a DlmiError) is a usage/model/output error
+
 
 def predict_command(
     folder: Path = typer.Argument(..., help="Folder of images, searched recursively (png/jpg/jpeg/bmp/tif)."),
@@ -39,7 +41,14 @@ def predict_command(
 ) -> None:
     """Predict a lesion mask for every image under FOLDER: a mask PNG at the image's size, an overlay
     PNG, and predictions.csv / predictions.json in OUT. With --aided, the classifier runs first and
-    its 'normal' verdict empties the mask. A file that cannot be read is named and skipped (exit 1).
+    its 'normal' verdict empties the mask. With only a classifier in --models (no unet.onnx), each
+    image's class and probabilities are written, no masks.
+
+    A re-run into the same OUT skips an image only when the same source file was predicted with the same
+    models and settings; anything else is predicted again. Folders holding an earlier predict output are
+    left out. Exit status: **0** every image predicted (or already done); **1** done, but some input files
+    were skipped (unreadable, or a link to nothing; each is named on stderr and listed in
+    predictions.json); **2** a usage, model or output error (one line; nothing more is predicted).
 
     Example: `dlmi predict --aided scans/ --models exported/ --out predictions/ --exclude '*_mask*'`
     """
@@ -55,11 +64,12 @@ def predict_command(
                              log=lambda message: typer.echo(f"dlmi: {message}", err=True))
     typer.echo(
         f"{summary.total} images: {summary.predicted} predicted, {summary.skipped} already done, "
-        f"{len(summary.failed)} failed"
+        f"{len(summary.failed)} skipped"
     )
-    typer.echo(f"outputs: {summary.out}/masks, {summary.out}/overlays, {summary.csv}, {summary.json}")
+    folders = "" if summary.mode == "classifier" else f"{summary.out}/masks, {summary.out}/overlays, "
+    typer.echo(f"outputs: {folders}{summary.csv}, {summary.json}")
     if summary.failed:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_SKIPPED)
 
 
 def install(app: typer.Typer) -> None:

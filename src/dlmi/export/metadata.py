@@ -16,11 +16,15 @@ Keys (values are plain strings; lists and dicts are JSON):
 from __future__ import annotations
 
 import json
+import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import onnx
+
+from dlmi.errors import DlmiError
 
 PREPROCESSING = {
     "colour": "8-bit greyscale (RGB: ITU-R 601 luma, as PIL convert('L'); alpha composited on black; "
@@ -94,3 +98,112 @@ def read_metadata(model: onnx.ModelProto | str | os.PathLike[str]) -> dict[str, 
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(Path(model), load_external_data=False)
     return {p.key: p.value for p in model.metadata_props}
+
+
+# --- reading an exported file back, checked ----------------------------------------------------------------
+
+EXPECTED_OUTPUTS = {CLASSIFIER: ("logits", "probs"), SEGMENTER: ("logits", "probs"),
+                    TWO_STAGE: ("class_probs", "mask_probs", "gated")}
+
+
+@dataclass
+class CheckedMetadata:
+    """The values of an exported file's ``metadata_props`` that prediction relies on, validated."""
+
+    kind: str
+    classes: list[str] = field(default_factory=list)
+    normal_class: str | None = None
+    classifier_size: int | None = None
+    segmenter_size: int | None = None
+    threshold: float | None = None
+
+
+def _size(props: dict[str, str], key: str, where: str) -> int:
+    raw = props.get(key)
+    if raw is None:
+        raise DlmiError(f"{where}: metadata key {key!r} is missing")
+    try:
+        value = int(raw)
+    except ValueError:
+        raise DlmiError(
+            f"{where}: metadata key {key!r} must be a whole number of pixels, got {raw!r}"
+        ) from None
+    if value < 1:
+        raise DlmiError(f"{where}: metadata key {key!r} must be at least 1, got {value}")
+    return value
+
+
+def _threshold(props: dict[str, str], where: str) -> float:
+    raw = props.get("threshold", "0.5")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0.0 < value < 1.0:  # also refuses nan and inf
+        raise DlmiError(f"{where}: metadata key 'threshold' must be between 0 and 1 (a probability), "
+                        f"got {raw!r}")
+    return value
+
+
+def _classes(props: dict[str, str], where: str) -> tuple[list[str], str | None]:
+    raw = props.get("classes")
+    if raw is None:
+        raise DlmiError(f"{where}: metadata key 'classes' is missing")
+    try:
+        classes = json.loads(raw)
+    except json.JSONDecodeError:
+        raise DlmiError(f"{where}: metadata key 'classes' is not valid JSON ({raw[:60]!r})") from None
+    if (not isinstance(classes, list) or not classes
+            or not all(isinstance(c, str) and c for c in classes) or len(set(classes)) != len(classes)):
+        raise DlmiError(f"{where}: metadata key 'classes' must be a JSON list of distinct class names, "
+                        f"got {raw[:60]!r}")
+    normal = props.get("normal_class") or None
+    if normal is not None and normal not in classes:
+        raise DlmiError(
+            f"{where}: metadata key 'normal_class' {normal!r} is not one of the classes {classes}"
+        )
+    return classes, normal
+
+
+def check_metadata(props: dict[str, str], kind: str, where: str | os.PathLike[str]) -> CheckedMetadata:
+    """Validate the ``metadata_props`` of a file that should hold a ``kind`` graph; one line naming the file
+    and the key on the first problem."""
+    where = str(where)
+    found = props.get("kind")
+    if found is None:
+        raise DlmiError(f"{where}: no 'kind' in its metadata; not a file written by `dlmi export onnx`")
+    if found != kind:
+        raise DlmiError(f"{where}: holds a {found} graph (metadata 'kind'), but this file name is for the "
+                        f"{kind} graph; re-export, or put the file under its own name")
+    checked = CheckedMetadata(kind=kind)
+    if kind in (CLASSIFIER, TWO_STAGE):
+        checked.classes, checked.normal_class = _classes(props, where)
+        checked.classifier_size = _size(props, "classifier_image_size", where)
+    if kind in (SEGMENTER, TWO_STAGE):
+        checked.segmenter_size = _size(props, "segmenter_image_size", where)
+        checked.threshold = _threshold(props, where)
+    return checked
+
+
+def read_checked_metadata(path: str | os.PathLike[str], kind: str) -> CheckedMetadata:
+    """Read and validate an exported file's metadata; a file onnx cannot parse is one line too."""
+    path = Path(path)
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as exc:  # truncated or not ONNX at all: protobuf's DecodeError, and others
+        reason = " ".join(str(exc).split())[:120] or type(exc).__name__
+        raise DlmiError(f"{path}: not a readable ONNX model ({reason})") from None
+    checked = check_metadata({p.key: p.value for p in model.metadata_props}, kind, path)
+    outputs = {o.name: o for o in model.graph.output}
+    missing = [name for name in EXPECTED_OUTPUTS[kind] if name not in outputs]
+    if missing or [i.name for i in model.graph.input] != ["image"]:
+        raise DlmiError(f"{path}: the graph's inputs/outputs are not those of a dlmi {kind} graph "
+                        f"(needs input 'image' and outputs {', '.join(EXPECTED_OUTPUTS[kind])})")
+    probs = outputs.get("class_probs" if kind == TWO_STAGE else "probs")
+    if kind in (CLASSIFIER, TWO_STAGE) and probs is not None:
+        dims = probs.type.tensor_type.shape.dim
+        width = dims[1].dim_value if len(dims) == 2 and dims[1].HasField("dim_value") else None
+        if width is not None and width != len(checked.classes):
+            raise DlmiError(f"{path}: metadata key 'classes' lists {len(checked.classes)} classes but the "
+                            f"classifier outputs {width}")
+    return checked

@@ -1,14 +1,26 @@
-"""Finding the images under a folder: recursive, any supported suffix in any letter case, in a fixed order."""
+"""Finding the images under a folder: recursive, any supported suffix in any letter case, in a fixed order.
+
+Left out, and said so by the caller: files matching an ``--exclude`` pattern, the current output folder, and
+every folder that holds an earlier ``dlmi predict`` output (its ``predictions.json`` or ``progress.jsonl``),
+so masks and overlays are never read back as inputs. Symbolic links whose target is missing are listed
+apart, to be reported as skipped.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path, PurePosixPath
 
 from dlmi.errors import DlmiError
 from dlmi.imageio import is_image_file
+
+PREDICTIONS_JSON = "predictions.json"
+PROGRESS_LOG = "progress.jsonl"
+PREDICTIONS_KIND_KEYS = ("settings", "predictions")
 
 
 def matches(path: PurePosixPath, patterns: Sequence[str]) -> bool:
@@ -17,27 +29,83 @@ def matches(path: PurePosixPath, patterns: Sequence[str]) -> bool:
     return any(fnmatchcase(name, p.lower()) or fnmatchcase(full, p.lower()) for p in patterns)
 
 
+def _first_line(path: Path, limit: int = 1 << 20) -> str:
+    with path.open("rb") as handle:
+        return handle.readline(limit).decode("utf-8", errors="replace")
+
+
+def is_prediction_output(folder: Path) -> bool:
+    """Whether ``folder`` holds the output of a ``dlmi predict`` run (finished or interrupted)."""
+    log, table = folder / PROGRESS_LOG, folder / PREDICTIONS_JSON
+    try:
+        if log.is_file():
+            header = json.loads(_first_line(log))
+            if isinstance(header, dict) and "settings" in header:
+                return True
+        if table.is_file():
+            data = json.loads(table.read_text(encoding="utf-8"))
+            return isinstance(data, dict) and all(k in data for k in PREDICTIONS_KIND_KEYS)
+    except (OSError, ValueError):
+        return False
+    return False
+
+
+@dataclass
+class ImageListing:
+    """What :func:`scan_images` found under a folder (paths relative to it, POSIX, sorted)."""
+
+    files: list[PurePosixPath] = field(default_factory=list)
+    broken_links: list[PurePosixPath] = field(default_factory=list)
+    output_folders: list[PurePosixPath] = field(default_factory=list)
+
+
+def scan_images(
+    folder: str | os.PathLike[str],
+    exclude: str | os.PathLike[str] | None = None,
+    patterns: Sequence[str] = (),
+) -> ImageListing:
+    """Image files under ``folder``; ``exclude`` (the output folder, when it lies inside) and earlier
+    prediction outputs are skipped with everything under them, and so are files matching one of the glob
+    ``patterns`` (e.g. ``*_mask*``). Other files are ignored."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise DlmiError(f"{root}: no such folder")
+    if is_prediction_output(root):
+        raise DlmiError(f"{root}: holds the output of an earlier `dlmi predict` ({PREDICTIONS_JSON} / "
+                        f"{PROGRESS_LOG}); give the folder of the images themselves")
+    skip = Path(exclude).resolve() if exclude is not None else None
+    listing = ImageListing()
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        kept = []
+        for name in sorted(dirnames):
+            sub = here / name
+            if skip is not None and sub.resolve() == skip:
+                continue
+            if is_prediction_output(sub):
+                listing.output_folders.append(PurePosixPath(sub.relative_to(root).as_posix()))
+                continue
+            kept.append(name)
+        dirnames[:] = kept
+        for name in filenames:
+            path = here / name
+            relative = PurePosixPath(path.relative_to(root).as_posix())
+            if not is_image_file(path) or matches(relative, patterns):
+                continue
+            if path.is_file():
+                listing.files.append(relative)
+            elif path.is_symlink() and not path.exists():
+                listing.broken_links.append(relative)
+    listing.files.sort()
+    listing.broken_links.sort()
+    listing.output_folders.sort()
+    return listing
+
+
 def find_images(
     folder: str | os.PathLike[str],
     exclude: str | os.PathLike[str] | None = None,
     patterns: Sequence[str] = (),
 ) -> list[PurePosixPath]:
-    """Image files under ``folder`` as sorted POSIX paths relative to it; ``exclude`` (e.g. the output
-    folder, when it lies inside) is skipped with everything under it, and so are files matching one of the
-    glob ``patterns`` (e.g. ``*_mask*``). Other files are ignored."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise DlmiError(f"{root}: no such folder")
-    skip = Path(exclude).resolve() if exclude is not None else None
-    found: list[PurePosixPath] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        if skip is not None:
-            dirnames[:] = [d for d in dirnames if (here / d).resolve() != skip]
-        dirnames.sort()
-        for name in filenames:
-            path = here / name
-            relative = PurePosixPath(path.relative_to(root).as_posix())
-            if is_image_file(path) and path.is_file() and not matches(relative, patterns):
-                found.append(relative)
-    return sorted(found)
+    """The image files of :func:`scan_images` (sorted POSIX paths relative to ``folder``)."""
+    return scan_images(folder, exclude, patterns).files

@@ -2,14 +2,13 @@
 
 A predictor takes float32 batches (N,1,H,W) in 0–1 and returns probabilities as numpy arrays:
 ``classify`` → (N,K), ``segment`` → (N,1,H,W), ``two_stage`` → (class probs, mask probs, gated). Both
-backends run the same modules (:mod:`dlmi.export.graphs`, :class:`dlmi.export.two_stage.TwoStage`), so
+backends run the same modules (:mod:`dlmi.runtime.graphs`, :class:`dlmi.runtime.two_stage.TwoStage`), so
 their outputs agree to float rounding.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -81,7 +80,7 @@ class Predictor(ABC):
 
 
 def _check_modes(info: ModelInfo, where: str, *, aided: bool) -> None:
-    if info.segmenter_size is None:
+    if info.segmenter_size is None and (aided or info.classifier_size is None):
         raise DlmiError(f"{where}: no segmenter (U-Net) to predict masks with")
     if aided and info.classifier_size is None:
         raise DlmiError(f"{where}: --aided needs a classifier as well as the U-Net")
@@ -99,14 +98,25 @@ class OnnxPredictor(Predictor):
 
     def __init__(self, folder: str | os.PathLike[str], *, provider: str = "auto", aided: bool = False,
                  tile: bool = False, threads: int | None = None, precision: str = "fp32") -> None:
-        from dlmi.export.metadata import CLASSIFIER, SEGMENTER, TWO_STAGE, read_metadata
-        from dlmi.export.onnx_export import file_name
+        from dlmi.export.files import file_name
+        from dlmi.export.metadata import CLASSIFIER, SEGMENTER, TWO_STAGE, read_checked_metadata
 
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise DlmiError(f"{self.folder}: no such folder of exported models; write one with "
                             f"`dlmi export onnx --classifier RUN --segmenter RUN --out {self.folder}`")
-        needed = [SEGMENTER] if not aided else ([CLASSIFIER, SEGMENTER] if tile else [TWO_STAGE])
+        if aided:
+            needed = [CLASSIFIER, SEGMENTER] if tile else [TWO_STAGE]
+        elif tile or (self.folder / file_name(SEGMENTER, precision)).is_file():
+            needed = [SEGMENTER]
+        elif (self.folder / file_name(CLASSIFIER, precision)).is_file():
+            needed = [CLASSIFIER]  # a classifier alone: classes and probabilities, no masks
+        else:
+            raise DlmiError(
+                f"{self.folder / file_name(SEGMENTER, precision)}: not found, and no "
+                f"{file_name(CLASSIFIER, precision)} either; write them with `dlmi export onnx "
+                "--segmenter RUN` (masks) or `--classifier RUN` (classes)"
+            )
         self.paths = {kind: self.folder / file_name(kind, precision) for kind in needed}
         for path in self.paths.values():
             if not path.is_file():
@@ -115,15 +125,15 @@ class OnnxPredictor(Predictor):
                 raise DlmiError(
                     f"{path}: not found; {mode} needs it (write it with `dlmi export onnx {sources}`)"
                 )
-        props: dict[str, str] = {}
-        for path in self.paths.values():
-            props.update(read_metadata(path))
+        checked = {kind: read_checked_metadata(path, kind) for kind, path in self.paths.items()}
+        with_classes = [c for c in checked.values() if c.classes]
+        with_masks = [c for c in checked.values() if c.segmenter_size is not None]
         self.info = ModelInfo(
-            classes=json.loads(props.get("classes", "[]")),
-            normal_class=props.get("normal_class") or None,
-            classifier_size=int(props["classifier_image_size"]) if "classifier_image_size" in props else None,
-            segmenter_size=int(props["segmenter_image_size"]) if "segmenter_image_size" in props else None,
-            threshold=float(props.get("threshold", 0.5)),
+            classes=with_classes[0].classes if with_classes else [],
+            normal_class=with_classes[0].normal_class if with_classes else None,
+            classifier_size=next((c.classifier_size for c in checked.values() if c.classifier_size), None),
+            segmenter_size=with_masks[0].segmenter_size if with_masks else None,
+            threshold=float(with_masks[0].threshold) if with_masks else 0.5,
             sources={k: str(p) for k, p in self.paths.items()},
         )
         _check_modes(self.info, str(self.folder), aided=aided)
@@ -163,18 +173,35 @@ class OnnxPredictor(Predictor):
 # --- PyTorch -------------------------------------------------------------------------------------------
 
 
+def _manifest_checkpoints(folder: Path) -> list[Path]:
+    """The checkpoints an export folder's ``export.json`` names; one line on a malformed file."""
+    from dlmi.export.onnx_export import MANIFEST, read_manifest
+
+    manifest = read_manifest(folder)
+    where = folder / MANIFEST
+    if not isinstance(manifest, dict):
+        raise DlmiError(f"{where}: expected a JSON object, got {type(manifest).__name__}")
+    checkpoints = []
+    for role in ("classifier", "segmenter"):
+        entry = manifest.get(role)
+        if entry is None:
+            continue
+        checkpoint = entry.get("checkpoint") if isinstance(entry, dict) else None
+        if not isinstance(checkpoint, str) or not checkpoint:
+            raise DlmiError(f"{where}: {role!r} must be null or an object whose 'checkpoint' is a file path")
+        checkpoints.append(Path(checkpoint))
+    if not checkpoints:
+        raise DlmiError(f"{where}: names no classifier or segmenter checkpoint")
+    return checkpoints
+
+
 def _torch_sources(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
     """Checkpoints or run folders; an export folder stands for the checkpoints its ``export.json`` names."""
     sources: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir() and (path / "export.json").is_file() and not (path / "best.pt").is_file():
-            from dlmi.export.onnx_export import read_manifest
-
-            manifest = read_manifest(path)
-            for role in ("classifier", "segmenter"):
-                if manifest.get(role):
-                    sources.append(Path(manifest[role]["checkpoint"]))
+            sources += _manifest_checkpoints(path)
         else:
             sources.append(path)
     return sources
@@ -189,9 +216,9 @@ class TorchPredictor(Predictor):
                  aided: bool = False, threads: int | None = None) -> None:
         import torch
 
-        from dlmi.export.graphs import ClassifierGraph, SegmenterGraph
-        from dlmi.export.two_stage import TwoStage
-        from dlmi.training.run import load_trained
+        from dlmi.runtime.graphs import ClassifierGraph, SegmenterGraph
+        from dlmi.runtime.trained import load_trained
+        from dlmi.runtime.two_stage import TwoStage
 
         self.device = torch_device(provider)
         if threads:
