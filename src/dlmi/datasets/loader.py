@@ -1,16 +1,21 @@
-"""The shared loader: any dataset source's samples as resized 0–1 tensors."""
+"""The shared loader: any dataset source's samples as resized 0–1 tensors.
+
+This module imports no torch at import time: the resize functions are used by ``dlmi evaluate masks`` and
+``dlmi predict``, which must stay light, and :class:`ImageDataset` imports torch only when it makes tensors.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
 from dlmi.datasets.base import DatasetSource, Sample
+
+if TYPE_CHECKING:
+    import torch
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
@@ -29,8 +34,11 @@ def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     return np.asarray(as_u8.resize((shape[1], shape[0]), Image.Resampling.NEAREST)) > 127
 
 
-class ImageDataset(Dataset):
+class ImageDataset:
     """Samples of a source as ``{"image": (1,S,S) float 0–1, "label": long, "mask": (1,S,S) float, "index"}``.
+
+    A map-style dataset for ``torch.utils.data.DataLoader`` (``__len__`` and ``__getitem__``; it needs no
+    base class), so that building one and :meth:`load_resized` work without importing torch.
 
     ``transform(image, mask)`` (tensors) runs after resizing, for joint augmentation. With ``cache=True``
     each sample is decoded and resized once and kept as uint8/bool arrays (about S² · 2 bytes per sample,
@@ -73,6 +81,8 @@ class ImageDataset(Dataset):
         return image, mask
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        import torch
+
         image, mask = self.load_resized(index)
         image_t = torch.from_numpy(image.astype(np.float32) / 255.0)[None]
         mask_t = torch.from_numpy(mask.astype(np.float32))[None]

@@ -3,10 +3,26 @@
 * :func:`evaluate_run` — every number of ``docs/metrics.md`` for one side of a run's split (plus figures).
 * :func:`evaluate_masks` — the same segmentation numbers for any tool's predicted mask PNGs.
 * :func:`markdown_report` — the Markdown table of an :func:`evaluate_run` result.
+
+The names are imported on first use, so ``dlmi evaluate masks`` (numpy and Pillow only) never loads torch.
 """
 
-from dlmi.evaluation.masks import evaluate_masks
-from dlmi.evaluation.report import markdown_report
-from dlmi.evaluation.run import evaluate_run
+from __future__ import annotations
 
-__all__ = ["evaluate_masks", "evaluate_run", "markdown_report"]
+from typing import Any
+
+_EXPORTS = {
+    "evaluate_masks": "dlmi.evaluation.masks",
+    "evaluate_run": "dlmi.evaluation.run",
+    "markdown_report": "dlmi.evaluation.report",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'dlmi.evaluation' has no attribute {name!r}")

@@ -31,6 +31,7 @@ from torch import nn
 from dlmi.atomic import write_atomic, write_json_atomic
 from dlmi.errors import DlmiError
 from dlmi.export.graphs import AsHalf, ClassifierGraph, SegmenterGraph
+from dlmi.export.files import ALL_FILE_NAMES, file_name
 from dlmi.export.metadata import CLASSIFIER, SEGMENTER, TWO_STAGE, build_metadata, set_metadata
 from dlmi.export.parity import ParityResult, check_parity
 from dlmi.export.two_stage import TwoStage
@@ -40,15 +41,6 @@ FP32_TOLERANCE = 1e-4
 FP16_TOLERANCE = 1e-2
 INPUT_NAME = "image"
 MANIFEST = "export.json"
-FILE_NAMES = {CLASSIFIER: "classifier", SEGMENTER: "unet", TWO_STAGE: "two_stage"}
-
-
-def file_name(kind: str, precision: str = "fp32") -> str:
-    """``classifier.onnx``, ``unet.onnx``, ``two_stage.onnx`` (``*_fp16.onnx`` for the fp16 variants)."""
-    return FILE_NAMES[kind] + ("_fp16" if precision == "fp16" else "") + ".onnx"
-
-
-ALL_FILE_NAMES = tuple(file_name(k, p) for k in FILE_NAMES for p in ("fp32", "fp16"))
 
 
 def to_onnx(

@@ -1,19 +1,27 @@
 """Choosing where inference runs: onnxruntime execution providers and PyTorch devices.
 
-``auto`` takes CUDA only where a GPU is really present (``torch.cuda.is_available()``), else the CPU.
-``cuda`` without a working GPU is an error — never a silent fall back to the CPU: onnxruntime itself
-falls back when the CUDA provider fails to load, so the providers a session actually got are checked.
+``auto`` takes CUDA only where a GPU is really present, else the CPU. For onnxruntime, "present" is asked
+of the NVIDIA driver itself (``cuInit`` and ``cuDeviceGetCount`` through ctypes), so choosing a provider
+imports no torch; for the torch backend it is ``torch.cuda.is_available()``. ``cuda`` without a working GPU
+is an error — never a silent fall back to the CPU: onnxruntime itself falls back when the CUDA provider
+fails to load, so the providers a session actually got are checked. onnxruntime finds the CUDA and cuDNN
+libraries of PyTorch's wheels through ``onnxruntime.preload_dlls()``, not by importing torch first.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import sys
+from functools import cache
 from pathlib import Path
-
-import torch  # imported before onnxruntime so that its CUDA libraries are loaded and found
+from typing import TYPE_CHECKING
 
 from dlmi.errors import DlmiError
+
+if TYPE_CHECKING:
+    import torch
 
 PROVIDER_CHOICES = ("auto", "cuda", "cpu")
 CUDA_EP = "CUDAExecutionProvider"
@@ -26,21 +34,51 @@ def _check_choice(choice: str) -> str:
     return choice
 
 
-def wants_cuda(choice: str) -> bool:
-    """Whether ``choice`` runs on CUDA here; ``cuda`` without a GPU is an error."""
+_DRIVER_LIBRARIES = ("nvcuda.dll",) if sys.platform == "win32" else ("libcuda.so.1", "libcuda.so")
+
+
+@cache
+def cuda_device_count() -> int:
+    """CUDA GPUs the NVIDIA driver reports here (honouring ``CUDA_VISIBLE_DEVICES``); 0 without a driver."""
+    for name in _DRIVER_LIBRARIES:
+        try:
+            driver = ctypes.CDLL(name)
+        except OSError:
+            continue
+        count = ctypes.c_int(0)
+        if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return 0
+        return int(count.value)
+    return 0
+
+
+def _cuda_available(backend: str) -> bool:
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    return cuda_device_count() > 0
+
+
+def wants_cuda(choice: str, backend: str = "onnx") -> bool:
+    """Whether ``choice`` runs on CUDA here for ``backend`` (onnx or torch); ``cuda`` without a GPU is an
+    error."""
     choice = _check_choice(choice)
     if choice == "cpu":
         return False
-    available = torch.cuda.is_available()
+    available = _cuda_available(backend)
     if choice == "cuda" and not available:
-        raise DlmiError("--provider cuda: no CUDA GPU is available here (torch.cuda.is_available() is "
-                        "False); use --provider cpu or auto")
+        asked = "torch.cuda.is_available() is False" if backend == "torch" else "the NVIDIA driver lists none"
+        raise DlmiError(f"--provider cuda: no CUDA GPU is available here ({asked}); "
+                        "use --provider cpu or auto")
     return available
 
 
 def torch_device(choice: str) -> torch.device:
     """The PyTorch device for a provider choice."""
-    return torch.device("cuda" if wants_cuda(choice) else "cpu")
+    import torch
+
+    return torch.device("cuda" if wants_cuda(choice, backend="torch") else "cpu")
 
 
 def session_options(threads: int | None = None, *, spin: bool = False):  # -> onnxruntime.SessionOptions
