@@ -107,3 +107,29 @@ def test_the_probe_does_see_torch(tmp_path):
     report = run_probed(tmp_path, "model", "summary", "unet", "--image-size", "32")
     assert report["exit"] == 0, report["stderr"]
     assert report["torch"] and "dlmi" in report["importer"]
+
+
+def test_the_documented_plugin_examples_register_without_torch(tmp_path):
+    """docs/plugins.md teaches light registration: its example packages load and register, torch-free."""
+    from test_extra_plugin import doc_files
+
+    sources, packages = [], []
+    for rel, body in doc_files().items():
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(body, encoding="utf-8")
+        if rel.endswith("__init__.py"):
+            sources.append(str(tmp_path / rel.split("/src/")[0] / "src"))
+            packages.append(Path(rel).parent.name)
+    code = (
+        "import importlib, sys\n"
+        "from dlmi.plugins import load_plugins\n"
+        f"modules = [importlib.import_module(name) for name in {packages!r}]\n"
+        "plugins = load_plugins(extra=[(m, m.__name__) for m in modules])\n"
+        "assert 'jaccard' in plugins.losses and 'tiny-fcn' in plugins.models\n"
+        "print('torch' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*sources, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
