@@ -2,27 +2,36 @@
 
 Built-in datasets, models and losses are entry points of the ``dlmi`` distribution itself, so they load
 through the same path as a third party's. Set ``DLMI_DISABLE_PLUGINS=1`` to load only the built-ins.
+
+A third-party plugin's mistakes never take dlmi down: a module that fails to import, a hook whose arguments
+do not match the hook's, or a hook that raises is left out with one warning line naming its distribution.
+Hooks that can never be called (a misspelt ``dlmi_register_loss``, a function without ``@hookimpl``) are
+warned about, naming the plugin. A :class:`DlmiError` raised while registering is a user error that stops
+the command, with the plugin's name in front.
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import partial
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 import pluggy
 
 from dlmi import hookspecs
-from dlmi.errors import DlmiError
-from dlmi.registry import BUILTIN_SOURCE, Registry
+from dlmi.errors import DlmiError, debug_enabled, print_traceback
+from dlmi.registry import BUILTIN_SOURCE, DuplicateNameError, Registry
 
 ENTRY_POINT_GROUP = "dlmi"
 DISABLE_ENV = "DLMI_DISABLE_PLUGINS"
 OWN_DISTRIBUTION = "dlmi"
+HOOK_PREFIX = "dlmi_"
+COMMANDS_HOOK = "dlmi_register_commands"
 
 REGISTRY_HOOKS = {
     "datasets": "dlmi_register_datasets",
@@ -58,9 +67,108 @@ def _distribution_name(ep: EntryPoint) -> str:
     return dist.metadata["Name"] if dist is not None else "unknown distribution"
 
 
-def _warn(plugins: Plugins, message: str) -> None:
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _warn(plugins: Plugins, message: str, exc: BaseException | None = None) -> None:
     plugins.warnings.append(message)
+    if exc is not None and debug_enabled():
+        print_traceback(exc)
     print(f"dlmi: warning: {message}", file=sys.stderr)
+
+
+# --- checking a plugin before it is registered -----------------------------------------------------------
+
+
+@dataclass
+class PluginCheck:
+    """What is wrong with a plugin object: ``errors`` leave it out, ``warnings`` are only reported."""
+
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _parameters(function: Callable[..., Any]) -> list[str]:
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in signature.parameters.values()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY, p.POSITIONAL_ONLY)]
+
+
+def check_plugin(manager: pluggy.PluginManager, plugin: object) -> PluginCheck:
+    """Every ``dlmi_*`` function of ``plugin`` checked against the hook specifications.
+
+    An implementation whose parameters the hook does not pass is an error (pluggy passes arguments by
+    name, so ``dlmi_register_losses(reg)`` cannot be called). A marked function that names no hook
+    (``dlmi_register_loss``) and a hook-named function without ``@hookimpl`` are warnings: dlmi never
+    calls either.
+    """
+    check = PluginCheck()
+    hooks = sorted(name for name in vars(manager.hook) if name.startswith(HOOK_PREFIX))
+    for attr in dir(plugin):
+        if not attr.startswith(HOOK_PREFIX):
+            continue
+        try:
+            value = getattr(plugin, attr)
+        except Exception:  # a property that raises: nothing pluggy would call either
+            continue
+        if not callable(value) or inspect.isclass(value):
+            continue
+        marked = manager.parse_hookimpl_opts(plugin, attr) is not None
+        if attr not in hooks:
+            if marked or inspect.isfunction(value) or inspect.ismethod(value):
+                close = difflib.get_close_matches(attr, hooks, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else f" (hooks: {', '.join(hooks)})"
+                check.warnings.append(f"{attr} is not a dlmi hook{hint}; dlmi never calls it")
+            continue
+        if not marked:
+            check.warnings.append(f"{attr} is not marked @dlmi.hookimpl; dlmi never calls it")
+            continue
+        spec = getattr(manager.hook, attr).spec
+        expected = list(spec.argnames) if spec is not None else []
+        unknown = [name for name in _parameters(value) if name not in expected]
+        if unknown:
+            check.errors.append(
+                f"{attr}({', '.join(_parameters(value))}): the hook passes only "
+                f"{', '.join(repr(a) for a in expected)} by name, not {', '.join(repr(a) for a in unknown)}"
+            )
+    return check
+
+
+def _add_plugin(plugins: Plugins, plugin: object, *, name: str, source: str, builtin: bool) -> bool:
+    """Check and register one plugin object; a third party's failure is a warning and leaves it out."""
+    check = check_plugin(plugins.manager, plugin)
+    if check.errors and builtin:
+        raise DlmiError(f"built-in plugin {name}: {check.errors[0]}")
+    if check.errors:
+        _warn(plugins, f"plugin from {source} left out: {'; '.join(check.errors)}")
+        return False
+    try:
+        plugins.manager.register(plugin, name=name)
+    except Exception as exc:  # pluggy's own validation, in words of its own
+        if builtin:
+            raise
+        _warn(plugins, f"plugin from {source} left out: {_one_line(exc)}", exc)
+        return False
+    plugins.sources[id(plugin)] = source
+    for warning in check.warnings:
+        _warn(plugins, f"plugin from {source}: {warning}")
+    return True
+
+
+def _unique_name(manager: pluggy.PluginManager, wanted: str) -> str:
+    name, n = wanted, 1
+    while manager.has_plugin(name):
+        n += 1
+        name = f"{wanted}#{n}"
+    return name
+
+
+# --- loading -----------------------------------------------------------------------------------------------
 
 
 def load_plugins(
@@ -71,7 +179,9 @@ def load_plugins(
     """Build a fresh plugin manager.
 
     ``extra`` is a sequence of ``(plugin_object, source_name)`` registered after the entry points;
-    tests and notebooks use it to add a plugin without installing a package.
+    tests and notebooks use it to add a plugin without installing a package. A plugin object that an
+    entry point already loaded (the same package, also installed) is registered once, under its
+    distribution's name.
     """
     manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     manager.add_hookspecs(hookspecs)
@@ -94,35 +204,71 @@ def load_plugins(
             except Exception as exc:  # a broken plugin must not take the CLI down
                 if is_builtin:
                     raise
-                _warn(plugins, f"plugin {ep.name!r} from {dist} failed to load: {type(exc).__name__}: {exc}")
+                _warn(plugins, f"plugin {ep.name!r} from {dist} failed to load: {_one_line(exc)}", exc)
                 continue
             if manager.is_registered(module):
                 continue
-            manager.register(module, name=f"{dist}:{ep.name}")
-            plugins.sources[id(module)] = BUILTIN_SOURCE if is_builtin else dist
+            _add_plugin(plugins, module, name=_unique_name(manager, f"{dist}:{ep.name}"),
+                        source=BUILTIN_SOURCE if is_builtin else dist, builtin=is_builtin)
 
     for plugin, source in extra:
-        manager.register(plugin, name=source)
-        plugins.sources[id(plugin)] = source
+        if manager.is_registered(plugin):  # also installed: its entry point registered it already
+            continue
+        _add_plugin(plugins, plugin, name=_unique_name(manager, source), source=source, builtin=False)
 
     for kind, hook_name in REGISTRY_HOOKS.items():
         registry = plugins.registry(kind)
         for impl in getattr(manager.hook, hook_name).get_hookimpls():
-            source = plugins.source_of(impl.plugin)
-            register = partial(_register, registry, source)
-            try:
-                impl.function(register=register)
-            except DlmiError:
-                raise
-            except Exception as exc:
-                if source == BUILTIN_SOURCE:
-                    raise
-                _warn(plugins, f"plugin from {source} failed in {hook_name}: {type(exc).__name__}: {exc}")
+            _call_register_hook(plugins, registry, hook_name, impl)
     return plugins
 
 
-def _register(registry: Registry, source: str, name: str, factory: Any, **kwargs: Any) -> None:
-    registry.register(name, factory, source=source, **kwargs)
+def _call_register_hook(plugins: Plugins, registry: Registry, hook_name: str, impl: Any) -> None:
+    """Call one plugin's ``dlmi_register_*``; on failure its names from this call are taken out again."""
+    source = plugins.source_of(impl.plugin)
+    added: list[str] = []
+
+    def register(name: str, factory: Any, **kwargs: Any) -> None:
+        registry.register(name, factory, source=source, **kwargs)
+        added.append(name)
+
+    try:
+        impl.function(**{arg: register for arg in impl.argnames})
+    except DuplicateNameError:
+        raise
+    except DlmiError as exc:
+        if source == BUILTIN_SOURCE:
+            raise
+        raise DlmiError(f"plugin from {source} ({hook_name}): {exc} "
+                        f"(set {DISABLE_ENV}=1 to run without plugins)") from exc
+    except Exception as exc:
+        if source == BUILTIN_SOURCE:
+            raise
+        registry.forget(added)
+        _warn(plugins, f"plugin from {source} failed in {hook_name}: {_one_line(exc)}; left out", exc)
+        return
+    if not impl.argnames:
+        _warn(plugins, f"plugin from {source}: {hook_name}() takes no 'register' argument, so it "
+                       "registers nothing")
+
+
+def register_commands(app: Any, plugins: Plugins | None = None) -> None:
+    """Let every plugin add its sub-commands to ``app``; a plugin whose hook fails is left out, warned."""
+    plugins = plugins or get_plugins()
+    for impl in getattr(plugins.manager.hook, COMMANDS_HOOK).get_hookimpls():
+        source = plugins.source_of(impl.plugin)
+        try:
+            impl.function(**{arg: app for arg in impl.argnames})
+        except DlmiError as exc:
+            if source == BUILTIN_SOURCE:
+                raise
+            raise DlmiError(f"plugin from {source} ({COMMANDS_HOOK}): {exc} "
+                            f"(set {DISABLE_ENV}=1 to run without plugins)") from exc
+        except Exception as exc:
+            if source == BUILTIN_SOURCE:
+                raise
+            _warn(plugins, f"plugin from {source} failed in {COMMANDS_HOOK}: {_one_line(exc)}; "
+                           "its commands are left out", exc)
 
 
 _current: Plugins | None = None

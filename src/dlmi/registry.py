@@ -24,6 +24,12 @@ class Entry:
     def create(self, **options: Any) -> Any:
         return self.factory(**options)
 
+    @property
+    def task(self) -> str | None:
+        """The task the plugin registered this name for (``task=`` metadata); ``None`` if it did not say."""
+        task = self.meta.get("task")
+        return str(task) if task is not None else None
+
 
 class DuplicateNameError(DlmiError):
     """Two plugins registered the same name."""
@@ -66,6 +72,11 @@ class Registry:
 
     def create(self, name: str, **options: Any) -> Any:
         return self.get(name).create(**options)
+
+    def forget(self, names: list[str]) -> None:
+        """Take registered names out again (a plugin whose hook failed half-way is left out whole)."""
+        for name in names:
+            self._entries.pop(name, None)
 
     def names(self, **meta: Any) -> list[str]:
         """Registered names, optionally only those whose metadata matches (e.g. ``task="segmentation"``)."""
