@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from busi_folder import write_busi_folder
 from PIL import Image
 
 from dlmi.errors import DlmiError
@@ -123,3 +124,44 @@ def test_evaluate_help_shows_both_forms_with_examples(cli):
     text = " ".join(result.stdout.split())
     assert "dlmi evaluate RUN_DIR" in text and "dlmi evaluate masks PRED_DIR TRUTH_DIR" in text
     assert "Examples:" in text
+
+
+# --- the binarisation of docs/metrics.md, and masks that are really images (issue 10, item 13) ---------
+
+
+def test_soft_masks_are_binarised_as_docs_metrics_md_says(tmp_path):
+    from dlmi.evaluation.masks import BINARISE_RULE
+
+    doc = " ".join((Path(__file__).resolve().parents[1] / "docs" / "metrics.md").read_text().split())
+    assert BINARISE_RULE in doc  # the rule the result reports is the rule the documentation states
+    truth, pred = tmp_path / "truth", tmp_path / "pred"
+    lesion = square(16, 4, 4, 6)
+    save(truth / "lesion.png", lesion)
+    save(truth / "empty.png", np.zeros((16, 16), bool))
+    soft = np.where(lesion, 120, 3).astype(np.uint8)  # every value below half the range: no lesion
+    pred.mkdir()
+    Image.fromarray(soft).save(pred / "lesion.png")
+    Image.fromarray(soft).save(pred / "empty.png")
+    assert not read_binary_mask(pred / "lesion.png").any()
+    out = evaluate_masks(pred, truth, resamples=20, log=lambda m: None)
+    per_image = out["segmentation"]
+    assert per_image["empty_truth_false_positive_rate"]["value"] == 0.0  # 3s are not lesion
+    assert per_image["lesion_dice"]["value"] == 0.0
+    assert out["context"]["binarise_rule"] == BINARISE_RULE
+
+
+def test_a_folder_of_scans_scored_as_truth_is_warned_about(tmp_path):
+    busi = write_busi_folder(tmp_path / "busi", per_class=2, size=32)
+    pred = tmp_path / "pred"
+    for mask in busi.rglob("*_mask.png"):
+        target = pred / mask.relative_to(busi)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(mask.read_bytes())
+    messages: list[str] = []
+    out = evaluate_masks(pred, busi, missing_as_empty=True, resamples=20, log=messages.append)
+    assert len(messages) == 1 and str(busi) in messages[0] and "look like images" in messages[0]
+    assert "BUSI layout" in messages[0]
+    assert out["context"]["warnings"] == messages
+    clean: list[str] = []
+    evaluate_masks(pred, pred, resamples=20, log=clean.append)  # masks against themselves: no warning
+    assert clean == []
