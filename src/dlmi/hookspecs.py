@@ -8,6 +8,11 @@ registering, so the registry knows where every name came from::
     @hookimpl
     def dlmi_register_losses(register):
         register("focal", FocalLoss, task="segmentation", description="Focal loss on logits")
+
+The names are the contract: pluggy passes arguments by name, so a hook taking another argument name
+(``def dlmi_register_losses(reg)``) cannot be called, and dlmi leaves such a plugin out with a warning
+(:func:`dlmi.plugins.check_plugin`); a ``dlmi_*`` function that is misspelt or lacks ``@hookimpl`` is
+never called, and dlmi warns about it.
 """
 
 from __future__ import annotations
