@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,11 @@ from dlmi.errors import DlmiError
 
 CLASSIFICATION = "classification"
 SEGMENTATION = "segmentation"
+JOINT = "joint"
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULERS = ("none", "cosine")
+SCHEDULERS = ("none", "cosine", "poly")
+AUGMENTATIONS = ("basic", "ultrasound")
 CLASS_BALANCE = ("none", "sampler", "weights")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -39,10 +42,27 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
         "model": "unet", "loss": "dice", "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
         "best_metric": "val_iou",
     },
+    # dlmi's joint recipe (unet-mt): Dice+BCE with deep supervision plus cross-entropy, AdamW.
+    JOINT: {
+        "model": "unet-mt", "loss": "dice-bce", "optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4,
+        "best_metric": "val_score",
+    },
 }
 
-# Whether a larger value of the best-checkpoint metric is better.
-HIGHER_IS_BETTER = {"val_accuracy": True, "val_iou": True, "val_dice": True, "val_loss": False}
+# The validation numbers each task logs that may choose the best checkpoint, and whether higher is better.
+# (val_detect_accuracy needs a dataset with a normal class, val_iou_unaided an aid: checked at the start.)
+TASK_METRICS: dict[str, dict[str, bool]] = {
+    CLASSIFICATION: {"val_accuracy": True, "val_detect_accuracy": True, "val_loss": False},
+    SEGMENTATION: {"val_iou": True, "val_dice": True, "val_iou_unaided": True, "val_loss": False},
+    JOINT: {"val_score": True, "val_lesion_dice": True, "val_iou": True, "val_dice": True,
+            "val_accuracy": True, "val_detect_accuracy": True, "val_empty_fpr": False, "val_loss": False},
+}
+
+# Whether a larger value of a best-checkpoint metric is better (every task's metrics together).
+HIGHER_IS_BETTER = {name: higher for metrics in TASK_METRICS.values() for name, higher in metrics.items()}
+
+# Settings that name files or folders: a ``pathlib.Path`` is accepted and kept as a string.
+PATH_FIELDS = ("out", "data_dir", "aid", "split")
 
 
 @dataclass
@@ -58,13 +78,13 @@ class TrainConfig:
 
     task: str
     dataset: str
-    out: str
-    data_dir: str | None = None
+    out: str | os.PathLike[str]
+    data_dir: str | os.PathLike[str] | None = None
     model: str | None = None
     model_options: dict[str, Any] = field(default_factory=dict)
     base_channels: int | None = None
     loss: str | None = None
-    aid: str | None = None
+    aid: str | os.PathLike[str] | None = None
     image_size: int = 512
     epochs: int = 30
     batch_size: int = 8
@@ -80,7 +100,7 @@ class TrainConfig:
     deterministic: bool = True
     seed: int = 0
     workers: int = 0
-    split: str | None = None
+    split: str | os.PathLike[str] | None = None
     fold: int | None = None
     quiet: bool = False
     # Speed and scale (docs/distributed.md): autocast precision, NHWC tensors, torch.compile, the decoded-
@@ -90,11 +110,27 @@ class TrainConfig:
     compile: bool = False
     cache: str = "auto"
     sync_bn: bool = True
+    # The stronger recipe (docs/training.md): linear warm-up epochs before the schedule, an exponential
+    # moving average of the weights (decay per optimiser step; 0 = off), the augmentation recipe used with
+    # --augment, and for joint runs the class loss's weight and deep supervision.
+    warmup_epochs: int = 0
+    ema: float = 0.0
+    augment_recipe: str = "basic"
+    class_weight: float = 1.0
+    deep_supervision: bool = True
+
+    def __post_init__(self) -> None:
+        for name in PATH_FIELDS:  # config.json holds strings; a Path from train_classifier() is fine too
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                setattr(self, name, os.fspath(value))
 
     def resolved(self) -> TrainConfig:
         """A copy with every ``None`` default filled in for the task, and the values checked."""
         if self.task not in TASK_DEFAULTS:
-            raise DlmiError(f"unknown task {self.task!r}; expected {CLASSIFICATION} or {SEGMENTATION}")
+            raise DlmiError(
+                f"unknown task {self.task!r}; expected {CLASSIFICATION}, {SEGMENTATION} or {JOINT}"
+            )
         defaults = TASK_DEFAULTS[self.task]
         filled = {k: (defaults[k] if getattr(self, k) is None else getattr(self, k)) for k in defaults}
         config = dataclasses.replace(self, **filled)
@@ -127,15 +163,32 @@ class TrainConfig:
              f"unknown precision {self.precision!r}; expected one of {', '.join(PRECISIONS)}"),
             (self.cache in CACHE_MODES,
              f"unknown cache {self.cache!r}; expected one of {', '.join(CACHE_MODES)}"),
-            (self.best_metric is None or self.best_metric in HIGHER_IS_BETTER,
-             f"unknown best metric {self.best_metric!r}; expected one of {', '.join(HIGHER_IS_BETTER)}"),
+            (self.best_metric is None or self.best_metric in self.task_metrics,
+             f"best metric {self.best_metric!r} is not logged by {self.task} training; expected one of "
+             f"{', '.join(self.task_metrics)}"),
+            (self.best_metric != "val_iou_unaided" or self.aid is not None,
+             "best metric 'val_iou_unaided' is logged only by aided training (--aid)"),
             (self.aid is None or self.task == SEGMENTATION, "--aid applies to segmenter training only"),
+            (0 <= self.warmup_epochs < self.epochs or self.warmup_epochs == 0,
+             f"warmup_epochs must be 0 or more and below epochs, got {self.warmup_epochs}"),
+            (0.0 <= self.ema < 1.0, f"ema must be in [0, 1), got {self.ema}"),
+            (self.augment_recipe in AUGMENTATIONS,
+             f"unknown augment recipe {self.augment_recipe!r}; expected one of {', '.join(AUGMENTATIONS)}"),
+            (self.class_weight >= 0, f"class_weight must be 0 or more, got {self.class_weight}"),
             (self.class_balance != "weights" or self.task == CLASSIFICATION,
              "class balance 'weights' (cross-entropy weights) applies to classifier training only"),
         ]
         for ok, message in checks:
             if not ok:
                 raise DlmiError(message)
+        for name in PATH_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise DlmiError(f"{name} must be a path (str or pathlib.Path), got {type(value).__name__}")
+        try:
+            json.dumps(self.to_dict())
+        except (TypeError, ValueError) as exc:
+            raise DlmiError(f"the training settings must be JSON values (config.json): {exc}") from None
 
     def model_kwargs(self) -> dict[str, Any]:
         """Options passed to the model factory (``base_channels`` when set, plus ``model_options``)."""
@@ -143,6 +196,11 @@ class TrainConfig:
         if self.base_channels is not None:
             options["base_channels"] = self.base_channels
         return options
+
+    @property
+    def task_metrics(self) -> dict[str, bool]:
+        """The metrics this task logs that may choose the best checkpoint (name → higher is better)."""
+        return TASK_METRICS.get(self.task, {})
 
     @property
     def higher_is_better(self) -> bool:

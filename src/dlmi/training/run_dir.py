@@ -10,7 +10,7 @@ from typing import Any
 
 from dlmi.atomic import write_text_atomic
 from dlmi.errors import DlmiError
-from dlmi.training.run import BEST_CHECKPOINT, LAST_CHECKPOINT
+from dlmi.runtime.trained import BEST_CHECKPOINT, LAST_CHECKPOINT
 
 
 @dataclass(frozen=True)
@@ -48,13 +48,19 @@ class RunFolder:
         return self.path / f"curve_{name}.png"
 
     def check_new(self) -> None:
-        """Refuse a folder that already holds a run (continue it with resume instead)."""
+        """Refuse a folder that already holds a run (continue it with resume instead), or another tool's
+        ``metrics.jsonl``."""
         if self.path.exists() and not self.path.is_dir():
             raise DlmiError(f"{self.path}: exists and is not a folder")
         if self.config.exists() or self.last.exists() or self.best.exists():
             raise DlmiError(
                 f"{self.path}: already holds a training run; continue it with --resume {self.path} "
                 "or choose another --out"
+            )
+        if self.metrics.exists():  # not a dlmi run (no config.json), but training would append to its log
+            raise DlmiError(
+                f"{self.metrics}: this folder is not a dlmi run but holds a metrics.jsonl that training "
+                "would append to; choose another --out"
             )
 
     def create(self) -> None:

@@ -13,12 +13,13 @@ from torch import nn
 from dlmi.atomic import write_json_atomic
 from dlmi.datasets.loader import ImageDataset
 from dlmi.errors import DlmiError
+from dlmi.runtime.trained import build_meta, build_model
 from dlmi.training.aid import ClassifierGate, aid_split_path, load_aid
 from dlmi.training.augment import JointAugment
 from dlmi.training.cache import CachePlan, cached_source, plan_cache, prefill
 from dlmi.training.checkpoint import load_checkpoint
 from dlmi.training.classifier import ClassificationSteps, classification_loss
-from dlmi.training.config import CLASSIFICATION, SEGMENTATION, TrainConfig
+from dlmi.training.config import CLASSIFICATION, JOINT, SEGMENTATION, TrainConfig
 from dlmi.training.data import (
     SIDES,
     RunData,
@@ -37,8 +38,8 @@ from dlmi.training.distributed import (
 )
 from dlmi.training.loop import TaskSteps, Trainer
 from dlmi.training.precision import resolve_precision
+from dlmi.training.preflight import check_components
 from dlmi.training.rng import restore_rng, seed_everything
-from dlmi.training.run import build_meta, build_model
 from dlmi.training.run_dir import RunFolder
 from dlmi.training.sampling import EpochDataset, ShardSampler
 from dlmi.training.segmenter import SegmentationSteps
@@ -59,6 +60,13 @@ def train_segmenter(config: TrainConfig) -> Path:
     """Train a segmenter (aided when ``config.aid`` names a classifier run) into ``config.out``."""
     if config.task != SEGMENTATION:
         raise DlmiError(f"train_segmenter needs task={SEGMENTATION!r}, got {config.task!r}")
+    return train(config)
+
+
+def train_joint(config: TrainConfig) -> Path:
+    """Train a joint segmenter + classifier (``unet-mt``) into ``config.out``; returns the run folder."""
+    if config.task != JOINT:
+        raise DlmiError(f"train_joint needs task={JOINT!r}, got {config.task!r}")
     return train(config)
 
 
@@ -87,15 +95,40 @@ def _train(config: TrainConfig, context: DistributedContext, device: torch.devic
     data = prepare_data(config, split, split_name=split_name)
     if gate is not None:
         check_same_split(data, gate)
+    # Every name, option and the loss's output are checked before the run folder is written, so a
+    # mistake leaves nothing behind and the same command can be run again.
+    check_logged_metric(config, data)
+    check_components(config, len(data.classes), lambda: _build_loss(config, data))
+    seed_everything(config.seed, config.deterministic)
+    model = _create_model(_make_meta(config, data, run))
     if context.is_main:
         from dlmi.splits import save_split
 
         run.create()
         save_split(split, run.split)
         write_json_atomic(run.config, config.to_dict())
-    trainer = build_trainer(config, run, data, gate, device, context)
+    trainer = build_trainer(config, run, data, gate, device, context, model=model)
     trainer.fit(progress_mode=_progress_mode(config))
     return run.path
+
+
+def check_logged_metric(config: TrainConfig, data: RunData) -> None:
+    """``best_metric`` must be a number this run logs: detect accuracy needs a normal class."""
+    if config.best_metric == "val_detect_accuracy" and data.normal_class not in data.classes:
+        raise DlmiError(f"best metric 'val_detect_accuracy': dataset {config.dataset!r} has no normal class, "
+                        "so detect accuracy is not logged; use val_accuracy or val_loss")
+
+
+def _build_loss(config: TrainConfig, data: RunData) -> nn.Module:
+    """The run's loss module on the CPU, as training builds it (class weights included)."""
+    if config.task == CLASSIFICATION:
+        weight = None
+        if config.class_balance == "weights":
+            weight = class_weights(data.samples["train"], len(data.classes))
+        return classification_loss(str(config.loss), weight)
+    from dlmi.plugins import create_loss
+
+    return create_loss(str(config.loss))
 
 
 def resume_training(run_dir: str | os.PathLike[str], **overrides: Any) -> Path:
@@ -178,7 +211,7 @@ def _make_meta(config: TrainConfig, data: RunData, run: RunFolder) -> dict[str, 
         task=config.task,
         model=str(config.model),
         model_options=config.model_kwargs(),
-        num_classes=len(data.classes) if config.task == CLASSIFICATION else 1,
+        num_classes=1 if config.task == SEGMENTATION else len(data.classes),
         classes=data.classes,
         normal_class=data.normal_class,
         image_size=config.image_size,
@@ -190,10 +223,19 @@ def _make_meta(config: TrainConfig, data: RunData, run: RunFolder) -> dict[str, 
 def _create_model(meta: dict[str, Any]) -> nn.Module:
     try:
         return build_model(meta)
+    except DlmiError:
+        raise
     except TypeError as exc:
         raise DlmiError(
             f"model {meta['model']!r} does not accept options {meta['model_options']} ({exc})"
         ) from None
+    except Exception as exc:  # a plugin's factory failing on these options: name it, one line
+        from dlmi.plugins import get_plugins
+
+        source = get_plugins().models.get(str(meta["model"])).source
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise DlmiError(f"model {meta['model']!r} (from {source}) cannot be built with options "
+                        f"{meta['model_options']}: {type(exc).__name__}: {first}") from exc
 
 
 def _build_steps(config: TrainConfig, data: RunData, gate: ClassifierGate | None,
@@ -207,22 +249,31 @@ def _build_steps(config: TrainConfig, data: RunData, gate: ClassifierGate | None
         return ClassificationSteps(loss, normal_index=normal)
     from dlmi.plugins import create_loss
 
+    if config.task == JOINT:
+        from dlmi.training.joint import JointSteps
+
+        normal = data.classes.index(data.normal_class) if data.normal_class in data.classes else None
+        return JointSteps(create_loss(str(config.loss)).to(device), normal, class_weight=config.class_weight,
+                          deep_supervision=config.deep_supervision)
     return SegmentationSteps(create_loss(str(config.loss)).to(device), gate=gate)
 
 
 def build_trainer(config: TrainConfig, run: RunFolder, data: RunData, gate: ClassifierGate | None,
-                  device: torch.device, context: DistributedContext = SINGLE_PROCESS) -> Trainer:
+                  device: torch.device, context: DistributedContext = SINGLE_PROCESS, *,
+                  model: nn.Module | None = None) -> Trainer:
     """The trainer of a resolved ``config``: model, task steps, cached datasets, samplers, loaders.
 
+    ``model``: one already built (right after seeding, as here) by the caller; by default it is built here.
     Writes ``runtime.json`` into the run folder (main process); ``benchmarks/train_speed.py`` uses it too.
     """
     meta = _make_meta(config, data, run)
-    seed_everything(config.seed, config.deterministic)
-    model = _create_model(meta)
+    if model is None:
+        seed_everything(config.seed, config.deterministic)
+        model = _create_model(meta)
     steps = _build_steps(config, data, gate, device)
     precision = resolve_precision(config.precision, device)
     generator = torch.Generator().manual_seed(config.seed)
-    transform = JointAugment() if config.augment else None
+    transform = JointAugment.recipe(config.augment_recipe) if config.augment else None
     plan = plan_cache(config.cache, len(data.samples["train"]) + len(data.samples["val"]), config.image_size,
                       processes_per_machine=context.local_world_size)
     source = cached_source(data.source, config.image_size, plan)
