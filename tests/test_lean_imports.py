@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dicom_files import write_dicom
 from PIL import Image
 from test_export_helpers import exported_models
 
@@ -27,7 +28,8 @@ real_import = builtins.__import__
 
 def watching_import(name, globals=None, locals=None, fromlist=(), level=0):
     if name.split(".")[0] == "torch" and not first_importer and "torch" not in sys.modules:
-        frames = [f for f in traceback.extract_stack()[:-1] if "/dlmi" in f.filename or "plugins" in f.filename]
+        frames = [f for f in traceback.extract_stack()[:-1]
+                  if "/dlmi" in f.filename or "plugins" in f.filename]
         first_importer.append(f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?")
     return real_import(name, globals, locals, fromlist, level)
 
@@ -81,12 +83,15 @@ def test_predict_with_onnxruntime_does_not_import_torch(exported, tmp_path):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (40, 50), dtype=np.uint8)).save(scans / "a.png")
     Image.fromarray(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8)).save(scans / "b.jpg")
+    write_dicom(scans / "c.dcm", rng.integers(0, 255, (36, 44), dtype=np.uint8))
+    write_dicom(scans / "IM0004", rng.integers(0, 4096, (20, 24), dtype=np.uint16), bits_stored=12,
+                WindowCenter=2048, WindowWidth=4096)
     for extra in ([], ["--aided"], ["--aided", "--tile"]):
         out = tmp_path / f"out{len(extra)}"
         report = run_probed(tmp_path, "predict", *extra, str(scans), "--models", str(models),
                             "--out", str(out), "--backend", "onnx", "--provider", "auto")
         assert_torch_free(report)
-        assert len(list((out / "masks").glob("*.png"))) == 2
+        assert len(list((out / "masks").rglob("*.png"))) == 4
 
 
 def test_evaluate_masks_does_not_import_torch(tmp_path):

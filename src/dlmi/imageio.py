@@ -3,6 +3,10 @@
 Images: grey, RGB, RGBA/LA (composited on black), palette, 1-bit, 16-bit and float files all become uint8
 (H, W); 16-bit and float images are stretched from their own minimum to maximum. Masks: any mode becomes
 bool (H, W), see :func:`binarise_mask`. Every failure is a one-line :class:`DlmiError` naming the file.
+
+DICOM: ``.dcm`` / ``.dicom`` files, and files without an image suffix that carry the DICOM marker, are read
+through :mod:`dlmi.dicom` (rescale, window, MONOCHROME1, colour to grey); a single-frame DICOM reads like a
+PNG here, a multi-frame one is a one-line error (read its frames with :func:`dlmi.dicom.iter_dicom_frames`).
 """
 
 from __future__ import annotations
@@ -17,16 +21,30 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from dlmi.atomic import write_atomic
+from dlmi.dicom import DICOM_SUFFIXES, is_dicom_file
 from dlmi.errors import DlmiError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = PIL_SUFFIXES + DICOM_SUFFIXES
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
 def is_image_file(path: Path) -> bool:
-    """True for a file whose suffix, in any letter case, is a supported image format."""
-    return path.suffix.lower() in IMAGE_SUFFIXES
+    """True for a file whose suffix, in any letter case, is a supported image format, and for a DICOM file
+    without one (no suffix, or a numeric one as in UID-named files; told by its ``DICM`` marker)."""
+    return path.suffix.lower() in PIL_SUFFIXES or is_dicom_file(path)
+
+
+def _is_dicom(path: Path) -> bool:
+    return path.suffix.lower() not in PIL_SUFFIXES and is_dicom_file(path)
+
+
+def image_stem(path: Path) -> str:
+    """The file name without its image suffix: ``a.png`` → ``a``; a DICOM file named by its UID
+    (``1.2.840.5``) or without a suffix keeps its whole name."""
+    suffix = path.suffix
+    return path.name[: -len(suffix)] if suffix and suffix.lower() in IMAGE_SUFFIXES else path.name
 
 
 @contextmanager
@@ -118,6 +136,10 @@ def binarise_mask(image: Image.Image) -> np.ndarray:
 def read_grey(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an image file as 8-bit greyscale (H, W); a one-line :class:`DlmiError` on failure."""
     path = Path(path)
+    if _is_dicom(path):
+        from dlmi.dicom import read_dicom_grey
+
+        return read_dicom_grey(path)
     image = _open(path)
     try:
         return to_grey(image)
@@ -129,6 +151,10 @@ def read_grey(path: str | os.PathLike[str]) -> np.ndarray:
 def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     """(width, height) of an image file, reading only its header."""
     path = Path(path)
+    if _is_dicom(path):
+        from dlmi.dicom import dicom_image_size
+
+        return dicom_image_size(path)
     with _reading(path, "not a readable image"), Image.open(path) as image:
         return image.size
 
@@ -146,20 +172,27 @@ def read_mask(
     reference = "its image" if size is not None else ""
     for raw in paths:
         path = Path(raw)
-        image = _open(path)
-        if size is not None and image.size != tuple(size):
-            raise DlmiError(
-                f"{path}: mask is {image.size[0]}x{image.size[1]} but {reference} is {size[0]}x{size[1]}"
-            )
-        try:
-            mask = binarise_mask(image)
-        except (ValueError, OSError) as exc:
-            raise DlmiError(f"{path}: cannot read mode {image.mode} as a mask ({_one_line(exc)})") from None
+        mask = _read_one_mask(path)
+        found = (mask.shape[1], mask.shape[0])
+        if size is not None and found != tuple(size):
+            raise DlmiError(f"{path}: mask is {found[0]}x{found[1]} but {reference} is {size[0]}x{size[1]}")
         merged = mask if merged is None else (merged | mask)
         if not reference:
-            reference, size = str(path), image.size
+            reference, size = str(path), found
     assert merged is not None
     return merged
+
+
+def _read_one_mask(path: Path) -> np.ndarray:
+    if _is_dicom(path):
+        from dlmi.dicom import read_dicom_mask
+
+        return read_dicom_mask(path)
+    image = _open(path)
+    try:
+        return binarise_mask(image)
+    except (ValueError, OSError) as exc:
+        raise DlmiError(f"{path}: cannot read mode {image.mode} as a mask ({_one_line(exc)})") from None
 
 
 def write_png_atomic(array: np.ndarray, path: str | os.PathLike[str]) -> Path:

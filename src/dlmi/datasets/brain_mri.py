@@ -1,7 +1,7 @@
 """Brain MRI tumour detection (Kaggle, N. Chakrabarty), registered as ``brain-mri``.
 
 Layout: ``DIR/no/`` and ``DIR/yes/`` holding .jpg/.jpeg/.png/.bmp/.tif files in any letter case and any
-colour mode. Labels: 0 no (no tumour, the normal class), 1 yes. No masks.
+colour mode, or single-frame DICOM files. Labels: 0 no (no tumour, the normal class), 1 yes. No masks.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ class BrainMriDataset(FileDataset):
     normal_class = "no"
     has_masks = False
     needs_data_dir = True
-    expected_layout = "DIR/no/ and DIR/yes/ holding .jpg/.jpeg/.png/.bmp/.tif images (no masks)"
+    expected_layout = "DIR/no/ and DIR/yes/ holding .jpg/.jpeg/.png/.bmp/.tif or DICOM images (no masks)"
 
     def samples(self, data_dir: Path | None) -> list[Sample]:
         data_dir = self.check_data_dir(data_dir)

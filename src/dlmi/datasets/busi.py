@@ -1,7 +1,9 @@
 """BUSI breast ultrasound (Kaggle ``Dataset_BUSI_with_GT``), registered as ``busi``.
 
 Layout: ``DIR/{normal,benign,malignant}/NAME.png`` with the lesion mask ``NAME_mask.png`` and, for some
-lesions, further masks ``NAME_mask_1.png``, ``NAME_mask_2.png`` … that are OR-merged into one.
+lesions, further masks ``NAME_mask_1.png``, ``NAME_mask_2.png`` … that are OR-merged into one. Images and
+masks may be PNG, JPEG, BMP, TIFF or DICOM (``NAME.dcm``, or a DICOM file without a suffix or named by its
+UID, such as a PACS export writes) in any mix; a DICOM image must have one frame.
 
 Labels: 0 normal, 1 benign, 2 malignant — the "no finding" class first, then by severity, so label 0 is
 what the classifier's normal gate tests and a larger label is a worse finding. Normal images have empty
@@ -19,6 +21,7 @@ from dlmi.datasets.base import FileDataset, Sample
 from dlmi.datasets.folders import class_folders, image_files, natural_key
 from dlmi.errors import DlmiError
 from dlmi.hookspecs import hookimpl
+from dlmi.imageio import image_stem
 
 _MASK = re.compile(r"^(?P<stem>.+)_mask(?:_(?P<k>\d+))?$", re.IGNORECASE)
 
@@ -32,8 +35,8 @@ class BusiDataset(FileDataset):
     has_masks = True
     needs_data_dir = True
     expected_layout = (
-        "DIR/{normal,benign,malignant}/NAME.png with its mask NAME_mask.png (plus NAME_mask_1.png ... "
-        "merged), as in Kaggle's Dataset_BUSI_with_GT"
+        "DIR/{normal,benign,malignant}/NAME.png (or .jpg, .dcm, DICOM) with its mask NAME_mask.png (plus "
+        "NAME_mask_1.png ... merged), as in Kaggle's Dataset_BUSI_with_GT"
     )
 
     def samples(self, data_dir: Path | None) -> list[Sample]:
@@ -48,21 +51,22 @@ class BusiDataset(FileDataset):
         images: dict[str, Path] = {}
         masks: dict[str, list[tuple[int, Path]]] = {}
         for path in image_files(folder):
-            match = _MASK.match(path.stem)
+            stem = image_stem(path)
+            match = _MASK.match(stem)
             if match:
                 k = int(match["k"]) if match["k"] is not None else -1
                 masks.setdefault(match["stem"], []).append((k, path))
                 continue
-            if path.stem in images:
+            if stem in images:
                 raise DlmiError(
-                    f"{path}: two images named {path.stem!r} ({images[path.stem].name} and {path.name}); "
+                    f"{path}: two images named {stem!r} ({images[stem].name} and {path.name}); "
                     f"their masks would be ambiguous; {self.name} expects {self.expected_layout}"
                 )
-            images[path.stem] = path
+            images[stem] = path
         for stem, found in masks.items():
             if stem not in images:
                 raise DlmiError(
-                    f"{found[0][1]}: mask without an image {stem}.png (or .jpg, ...) in {folder}; "
+                    f"{found[0][1]}: mask without an image {stem}.png (or .jpg, .dcm, ...) in {folder}; "
                     f"{self.name} expects {self.expected_layout}"
                 )
         samples = []

@@ -17,7 +17,8 @@ def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
 
 
 def image_files(folder: Path) -> list[Path]:
-    """Visible files with an image suffix (any letter case) directly in ``folder``, in natural order."""
+    """Visible image files directly in ``folder`` — an image suffix in any letter case, or DICOM without one
+    (see :func:`dlmi.imageio.is_image_file`) — in natural order."""
     files = [p for p in folder.iterdir() if not p.name.startswith(".") and is_image_file(p) and p.is_file()]
     return sorted(files, key=lambda p: natural_key(p.name))
 
@@ -59,6 +60,7 @@ def class_folders(data_dir: Path, dataset: str, classes: tuple[str, ...], layout
     for name, folder in present.items():
         if not image_files(folder):
             raise DlmiError(
-                f"{folder}: no image files ({'/'.join(IMAGE_SUFFIXES)}) in class folder {name!r}; {expects}"
+                f"{folder}: no image files ({'/'.join(IMAGE_SUFFIXES)} or DICOM) in class folder {name!r}; "
+                f"{expects}"
             )
     return present
