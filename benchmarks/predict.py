@@ -4,7 +4,7 @@ What it measures (all on the CPU here; threads = --threads for both runtimes):
 
 1. *Model only*: the two-stage pipeline (classifier → gate → U-Net) on preprocessed BUSI images, batch
    sizes --batch-sizes. ``two_stage.onnx`` in onnxruntime (dlmi's session options) against the same
-   :class:`dlmi.export.two_stage.TwoStage` module in PyTorch eager (``torch.inference_mode()``). Runs of the
+   :class:`dlmi.runtime.two_stage.TwoStage` module in PyTorch eager (``torch.inference_mode()``). Runs of the
    two alternate, so a busy machine slows both alike. images/s = images / wall time; latency = wall time
    of one batch / batch size (the median over rounds; at batch 1, the per-image latency).
 2. *Variants*: onnxruntime graph-optimisation levels and thread counts, PyTorch channels-last — to show
@@ -45,7 +45,6 @@ from PIL import Image
 
 from dlmi import __version__
 from dlmi.export.onnx_export import export_onnx
-from dlmi.export.two_stage import TwoStage
 from dlmi.imageio import read_grey, read_mask
 from dlmi.inference.folder import PredictSettings, predict_folder
 from dlmi.inference.predictor import open_predictor
@@ -53,8 +52,9 @@ from dlmi.inference.preprocess import model_input
 from dlmi.inference.providers import open_session, session_options
 from dlmi.metrics.segmentation import EMPTY_MASK_RULE, IOU_DEFINITION, iou
 from dlmi.plugins import create_model
+from dlmi.runtime.trained import build_meta, load_trained
+from dlmi.runtime.two_stage import TwoStage
 from dlmi.training.checkpoint import save_checkpoint
-from dlmi.training.run import build_meta, load_trained
 
 REPO = Path(__file__).resolve().parents[1]
 BUSI_CLASSES = ("normal", "benign", "malignant")

@@ -18,12 +18,12 @@ from test_export_helpers import (
 )
 
 from dlmi.errors import DlmiError
-from dlmi.export.graphs import SegmenterGraph
 from dlmi.export.metadata import PREPROCESSING, read_metadata
 from dlmi.export.onnx_export import export_onnx
 from dlmi.export.parity import check_parity
-from dlmi.export.two_stage import TwoStage
-from dlmi.training.run import load_trained
+from dlmi.runtime.graphs import SegmenterGraph
+from dlmi.runtime.trained import load_trained
+from dlmi.runtime.two_stage import TwoStage
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from dlmi.errors import DlmiError
-from dlmi.gating import EMPTY_LOGIT
 from dlmi.plugins import load_plugins
+from dlmi.runtime.gating import EMPTY_LOGIT
 
 SURE = 30.0  # a logit whose sigmoid is 1 - 1e-13: a confident prediction
 

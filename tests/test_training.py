@@ -16,10 +16,10 @@ from dlmi import hookimpl
 from dlmi.datasets.base import Sample
 from dlmi.errors import DlmiError
 from dlmi.plugins import get_plugins, load_plugins, reset_plugins
+from dlmi.runtime.trained import META_KEYS, Trained, build_meta
 from dlmi.training import TrainConfig, load_trained, resume_training, train_classifier, train_segmenter
 from dlmi.training.aid import ClassifierGate
 from dlmi.training.augment import JointAugment
-from dlmi.training.run import META_KEYS, Trained, build_meta
 from dlmi.training.run_dir import RunFolder
 from dlmi.training.segmenter import SegmentationSteps
 

@@ -10,7 +10,7 @@ import typer
 
 from dlmi.errors import DlmiError
 
-app = typer.Typer(help="Train a classifier or a (classifier-aided) segmenter into a run folder.",
+app = typer.Typer(help="Train a classifier, a (classifier-aided) segmenter or a joint model.",
                   no_args_is_help=True)
 
 # Help texts shared by both commands.
@@ -65,7 +65,7 @@ def _run(task: str, settings: dict[str, Any], resume: Path | None) -> None:
 
         saved = TrainConfig.load(RunFolder(resume).config)
         if saved.task != task:
-            command = "classifier" if saved.task == "classification" else "segmenter"
+            command = {"classification": "classifier", "joint": "joint"}.get(saved.task, "segmenter")
             raise DlmiError(
                 f"{resume}: is a {saved.task} run; resume it with `dlmi train {command} --resume {resume}`"
             )
@@ -95,7 +95,7 @@ def _report(run_dir: Path) -> None:
     line = f"run folder: {run_dir}"
     if best:
         b = best[-1]
-        score = next((f"{k} {b[k]:.4f}" for k in ("val_iou", "val_accuracy") if k in b), "")
+        score = next((f"{k} {b[k]:.4f}" for k in ("val_score", "val_iou", "val_accuracy") if k in b), "")
         line += f"  best.pt: epoch {b['epoch']} ({score}, val_loss {b['val_loss']:.4f})"
     typer.echo(line)
 
@@ -200,3 +200,74 @@ def segmenter_command(
         compile=compile_model, cache=cache, sync_bn=sync_bn,
     )
     _run("segmentation", settings, resume)
+
+
+H_FOLDS = ("Train an ensemble: K joint models on K cross-validation folds of the split's train+val images "
+           "(test side unchanged) into OUT/fold-k, then OUT/ensemble.json with the threshold and lesion-size "
+           "rule chosen on out-of-fold predictions. Resumable: run the same command again.")
+
+
+@app.command("joint")
+def joint_command(
+    dataset: str = typer.Option(None, "--dataset", help=H_DATASET),
+    data_dir: Path = typer.Option(None, "--data-dir", help=H_DATA_DIR),
+    model: str = typer.Option(None, "--model", help="Registered joint model. [default: unet-mt]"),
+    out: Path = typer.Option(None, "--out", help=H_OUT),
+    loss: str = typer.Option(None, "--loss", help="Registered mask loss. [default: dice-bce]"),
+    image_size: int = typer.Option(None, "--image-size", help=H_SIZE),
+    epochs: int = typer.Option(None, "--epochs", help=H_EPOCHS),
+    batch_size: int = typer.Option(None, "--batch-size", help=H_BATCH),
+    lr: float = typer.Option(None, "--lr", help="Learning rate (AdamW). [default: 2e-3]"),
+    weight_decay: float = typer.Option(None, "--weight-decay", help=f"{H_WD} [default: 1e-4]"),
+    base_channels: int = typer.Option(None, "--base-channels", help=H_BASE),
+    model_option: list[str] = typer.Option(None, "--model-option", help=H_OPTION),
+    device: str = typer.Option(None, "--device", help=H_DEVICE),
+    deterministic: bool = typer.Option(None, "--deterministic/--no-deterministic", help=H_DETERMINISTIC),
+    seed: int = typer.Option(None, "--seed", help=H_SEED),
+    workers: int = typer.Option(None, "--workers", help=H_WORKERS),
+    split: Path = typer.Option(None, "--split", help=H_SPLIT),
+    fold: int = typer.Option(None, "--fold", help=H_FOLD),
+    folds: int = typer.Option(None, "--folds", help=H_FOLDS),
+    scheduler: str = typer.Option("poly", "--scheduler", help="LR schedule: none, cosine or poly."),
+    warmup_epochs: int = typer.Option(None, "--warmup-epochs", help="Linear warm-up epochs. [default: 0]"),
+    ema: float = typer.Option(None, "--ema", help="EMA decay of the weights per step (0 = off)."),
+    class_balance: str = typer.Option(None, "--class-balance",
+                                      help="Class balance: none or sampler (class-balanced draws)."),
+    class_weight: float = typer.Option(None, "--class-weight", help="Weight of the class loss. [default: 1]"),
+    augment: bool = typer.Option(False, "--augment", help=H_AUGMENT),
+    augment_recipe: str = typer.Option(None, "--augment-recipe", help="basic or ultrasound."),
+    resume: Path = typer.Option(None, "--resume", help=H_RESUME),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=H_QUIET),
+    precision: str = typer.Option(None, "--precision", help=H_PRECISION),
+    channels_last: bool = typer.Option(None, "--channels-last/--no-channels-last", help=H_CHANNELS_LAST),
+    compile_model: bool = typer.Option(None, "--compile/--no-compile", help=H_COMPILE),
+    cache: str = typer.Option(None, "--cache", help=H_CACHE),
+    sync_bn: bool = typer.Option(None, "--sync-bn/--no-sync-bn", help=H_SYNC_BN),
+) -> None:
+    """Train a joint model (``unet-mt``: one encoder, mask decoder + class head, its head the gate).
+
+    Example: `dlmi train joint --dataset busi --data-dir data/busi --image-size 128 --epochs 40 --augment --augment-recipe ultrasound --ema 0.995 --warmup-epochs 2 --folds 5 --out runs/joint`
+    """  # noqa: E501
+    settings = dict(
+        dataset=dataset, data_dir=str(data_dir) if data_dir else None, model=model,
+        out=str(out) if out else None, loss=loss, image_size=image_size, epochs=epochs,
+        batch_size=batch_size, lr=lr, weight_decay=weight_decay, base_channels=base_channels,
+        model_options=_parse_options(model_option) or None, device=device, deterministic=deterministic,
+        seed=seed, workers=workers, split=str(split) if split else None, fold=fold, scheduler=scheduler,
+        warmup_epochs=warmup_epochs, ema=ema, class_balance=class_balance, class_weight=class_weight,
+        augment=augment or None, augment_recipe=augment_recipe, quiet=quiet or None, precision=precision,
+        channels_last=channels_last, compile=compile_model, cache=cache, sync_bn=sync_bn,
+    )
+    if folds is not None:
+        from dlmi.training.config import TrainConfig
+        from dlmi.training.folds import train_folds
+
+        if fold is not None or resume is not None:
+            raise DlmiError("--folds trains every fold (and resumes by itself): drop --fold/--resume")
+        for required in ("dataset", "out"):
+            if not settings.get(required):
+                raise DlmiError(f"--{required} is required")
+        config = TrainConfig(task="joint", **{k: v for k, v in settings.items() if v is not None})
+        typer.echo(f"ensemble folder: {train_folds(config, folds)}")
+        return
+    _run("joint", settings, resume)

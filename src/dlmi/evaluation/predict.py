@@ -18,33 +18,30 @@ from torch.utils.data import DataLoader, Dataset
 from dlmi.datasets.base import DatasetSource, Sample
 from dlmi.datasets.loader import resize_image, resize_mask
 from dlmi.errors import DlmiError
-from dlmi.gating import is_normal
 
 
 class EvalImages(Dataset):
-    """Each sample's image at each size in ``sizes``, its mask at ``sizes[0]``, its label and index."""
+    """Each sample's image at ``size`` (the loader's resize), its mask at ``size``, its label and index."""
 
-    def __init__(self, source: DatasetSource, samples: Sequence[Sample], sizes: Sequence[int]) -> None:
+    def __init__(self, source: DatasetSource, samples: Sequence[Sample], size: int) -> None:
         self.source = source
         self.samples = list(samples)
-        self.sizes = list(dict.fromkeys(sizes))
+        self.size = int(size)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, mask = self.source.load(self.samples[index])
-        first = self.sizes[0]
-        mask = np.zeros((first, first), dtype=bool) if mask is None else resize_mask(mask, first)
-        item: dict[str, Any] = {
+        size = self.size
+        mask = np.zeros((size, size), dtype=bool) if mask is None else resize_mask(mask, size)
+        resized = resize_image(image, size).astype(np.float32) / 255.0
+        return {
             "mask": torch.from_numpy(mask.copy()),
             "label": torch.tensor(self.samples[index].label, dtype=torch.long),
             "index": index,
+            "image": torch.from_numpy(resized)[None],
         }
-        for size in self.sizes:
-            resized = resize_image(image, size).astype(np.float32) / 255.0
-            item[f"image{size}"] = torch.from_numpy(resized)[None]
-        return item
 
 
 @dataclass
@@ -103,50 +100,56 @@ def predict_side(
     workers: int = 0,
     device: torch.device | str = "cpu",
 ) -> SidePredictions:
-    """Run the segmenter and/or the classifier (``dlmi.training.run.Trained``) over ``samples``.
+    """Run the segmenter and/or the classifier (``dlmi.runtime.trained.Trained``) over ``samples``.
 
-    With both, the classifier is the aid: ``gated`` marks the images it calls normal.
+    With both, the classifier is the aid: ``gated`` marks the images it calls normal. A joint segmenter
+    (task ``joint``, or an ensemble of them) is its own aid. Aided runs go through the very pipeline module
+    that ``two_stage.onnx`` is exported from (:mod:`dlmi.runtime.two_stage`): the image is read at the
+    segmenter's size and the classifier sees it resized inside the module, exactly as in the shipped graph.
     """
+    from dlmi.runtime.two_stage import build_pipeline
+
     if segmenter is None and classifier is None:
         raise ValueError("predict_side needs a segmenter or a classifier")
     device = torch.device(device)
-    seg_size = segmenter.image_size if segmenter is not None else None
-    cls_size = classifier.image_size if classifier is not None else None
-    sizes = [s for s in (seg_size, cls_size) if s is not None]
-    normal_index = classifier.normal_index if (classifier is not None and segmenter is not None) else None
-    if segmenter is not None and classifier is not None and normal_index is None:
+    pipeline = build_pipeline(segmenter, classifier) if segmenter is not None else None
+    if segmenter is not None and classifier is not None and pipeline is None:
         raise DlmiError(f"{classifier.checkpoint}: the aid classifier has no normal class to gate with")
+    size = segmenter.image_size if segmenter is not None else classifier.image_size
     seg_cut = _logit(segmenter.threshold) if segmenter is not None else 0.0
+    classes = list(classifier.classes if classifier is not None else segmenter.classes)
 
     labels: list[np.ndarray] = []
     true_masks: list[np.ndarray] = []
     masks: list[np.ndarray] = []
     logits: list[np.ndarray] = []
-    loader = DataLoader(EvalImages(source, samples, sizes), batch_size=batch_size, shuffle=False,
+    gates: list[np.ndarray] = []
+    loader = DataLoader(EvalImages(source, samples, size), batch_size=batch_size, shuffle=False,
                         num_workers=workers)
-    models = [t.model for t in (segmenter, classifier) if t is not None]
-    for model in models:
-        model.to(device).eval()
+    module = pipeline if pipeline is not None else (segmenter or classifier).model
+    module.to(device).eval()
     with torch.inference_mode():
         for batch in loader:
             labels.append(batch["label"].numpy())
             true_masks.append(batch["mask"].numpy())
-            if segmenter is not None:
-                out = segmenter.model(batch[f"image{seg_size}"].to(device))
-                masks.append((out[:, 0] > seg_cut).cpu().numpy())
-            if classifier is not None:
-                logits.append(classifier.model(batch[f"image{cls_size}"].to(device)).float().cpu().numpy())
+            image = batch["image"].to(device)
+            if pipeline is not None:
+                class_logits, seg_logits = pipeline.parts(image)
+                gates.append(pipeline.gate(class_logits, seg_logits).cpu().numpy())
+                logits.append(class_logits.float().cpu().numpy())
+                masks.append((seg_logits[:, 0] > seg_cut).cpu().numpy())
+            elif segmenter is not None:
+                masks.append((module(image)[:, 0].float() > seg_cut).cpu().numpy())
+            else:
+                logits.append(module(image).float().cpu().numpy())
 
     def cat(parts: list[np.ndarray], empty_shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         return np.concatenate(parts) if parts else np.zeros(empty_shape, dtype=dtype)
 
-    class_logits = None
+    class_logits = cat(logits, (0, len(classes)), np.float32) if logits or pipeline or classifier else None
     gated = None
-    if classifier is not None:
-        class_logits = cat(logits, (0, len(classifier.classes)), np.float32)
-        if normal_index is not None:
-            gated = is_normal(torch.from_numpy(class_logits), normal_index).numpy()
-    size = sizes[0]
+    if pipeline is not None:
+        gated = cat(gates, (0,), bool)
     return SidePredictions(
         samples=list(samples),
         labels=cat(labels, (0,), np.int64),

@@ -95,7 +95,7 @@ def load_inputs(
 ) -> RunInputs:
     """Load the run's model (and aid), its dataset, and its split's samples per side."""
     from dlmi.plugins import get_dataset
-    from dlmi.training.run import load_trained
+    from dlmi.runtime.trained import load_trained
 
     torch_device = resolve_device(device)
     trained = load_trained(run_dir, checkpoint_name=f"{checkpoint}.pt", map_location=torch_device)
@@ -127,7 +127,14 @@ def load_inputs(
 
     split_obj = load_split(split_file)
     samples = source.samples(data_path)
-    sides = {side: list(split_samples(split_obj, samples, side)) for side in SIDES}
+    if split_obj.folds and config.get("fold") is None:
+        # An ensemble over the folds: its members trained on every development image, so there is no
+        # held-out val side (its settings were chosen on out-of-fold predictions, see ensemble.json).
+        sides = {"train": list(split_samples(split_obj, samples, "train")), "val": [],
+                 "test": list(split_samples(split_obj, samples, "test"))}
+    else:
+        sides = {side: list(split_samples(split_obj, samples, side, fold=config.get("fold")))
+                 for side in SIDES}
 
     aid_model = None
     aid_path = aid if aid is not None else config.get("aid")
@@ -146,7 +153,7 @@ def load_inputs(
                             f"dataset {dataset!r}'s {list(source.classes)}")
         if aid_model.normal_index is None:
             raise DlmiError(f"{aid_model.checkpoint}: the aid classifier has no normal class to gate with")
-    if trained.task == "segmentation" and not source.has_masks:
+    if trained.task in ("segmentation", "joint") and not source.has_masks:
         raise DlmiError(f"dataset {dataset!r} has no masks; a segmentation run cannot be scored on it")
 
     out_dir = folder if folder is not None else trained.checkpoint.parent
@@ -230,7 +237,7 @@ class RunEvaluator:
             "n_images": len(inputs.sides[side]),
             "image_size": trained.image_size,
             "masks_scored_at": f"{trained.image_size}x{trained.image_size} px (true masks resized, nearest)"
-            if trained.task == "segmentation" else None,
+            if trained.task != "classification" else None,
             "aid": None,
         }
         if inputs.aid is not None:
@@ -253,6 +260,10 @@ class RunEvaluator:
             result["classification"] = scores.summary(**self.bootstrap)
         else:
             result["segmentation"] = self._segmentation(preds, classes)
+            if inputs.task == "joint":  # the joint network's own class head (its gate)
+                scores = ClassificationScores(inputs.trained.classes or classes, inputs.trained.normal_index)
+                scores.update(preds.class_logits, preds.labels)
+                result["classification"] = scores.summary(**self.bootstrap)
             if inputs.aid is not None:
                 scores = ClassificationScores(inputs.aid.classes, inputs.aid.normal_index)
                 scores.update(preds.class_logits, preds.labels)
@@ -311,7 +322,7 @@ class RunEvaluator:
     def write_panels(self) -> Path | None:
         """The seed's qualitative panels: train/test × class — image, truth, prediction, aided prediction."""
         picked = self.panel_samples()
-        if not picked or self.inputs.task != "segmentation":
+        if not picked or self.inputs.task == "classification":
             return None
         preds = self._predict([s for _, s in picked])
         size = self.inputs.trained.image_size
@@ -325,7 +336,7 @@ class RunEvaluator:
             predictions = [(f"prediction (IoU {iou(mask, truth)[0]:.2f})", mask)]
             if preds.gated is not None:
                 aided = preds.aided_masks()[i]
-                said = self.inputs.aid.classes[int(preds.class_logits[i].argmax())]
+                said = (self.inputs.aid or self.inputs.trained).classes[int(preds.class_logits[i].argmax())]
                 predictions.append((f"aided (aid: {said}; IoU {iou(aided, truth)[0]:.2f})", aided))
             rows.append(PanelRow(f"{title}\n{sample.key}", resize_image(image, size), truth, predictions))
         where = self.inputs.trained.run_dir or self.inputs.trained.checkpoint

@@ -32,8 +32,8 @@ DEFINITIONS = {
     "detect accuracy": "tumour vs normal read from the 3-class prediction: correct when truth and prediction "
                        "are both normal or both not normal",
     "aided": "the U-Net's mask replaced by an empty mask wherever the classifier's arg-max class is normal "
-             "(dlmi.gating); 'aided training' applies the same gate during training (gated images give no "
-             "gradient)",
+             "(dlmi.runtime.gating); 'aided training' applies the same gate during training (gated images "
+             "give no gradient)",
     "95 % interval": "percentile bootstrap over images (resamples per the profile), from dlmi evaluate",
     "masks scored at": "the U-Net's input size (true masks resized by nearest neighbour)",
 }

@@ -15,7 +15,7 @@ from typing import Any
 _EXPORTS = {
     "export_onnx": "dlmi.export.onnx_export",
     "ExportReport": "dlmi.export.onnx_export",
-    "TwoStage": "dlmi.export.two_stage",
+
     "read_metadata": "dlmi.export.metadata",
 }
 

@@ -30,11 +30,11 @@ from torch import nn
 
 from dlmi.atomic import write_atomic, write_json_atomic
 from dlmi.errors import DlmiError
-from dlmi.export.graphs import AsHalf, ClassifierGraph, SegmenterGraph
 from dlmi.export.files import ALL_FILE_NAMES, file_name
 from dlmi.export.metadata import CLASSIFIER, SEGMENTER, TWO_STAGE, build_metadata, set_metadata
 from dlmi.export.parity import ParityResult, check_parity
-from dlmi.export.two_stage import TwoStage
+from dlmi.runtime.graphs import AsHalf, ClassifierGraph, SegmenterGraph
+from dlmi.runtime.two_stage import TwoStage
 
 OPSET = 18
 FP32_TOLERANCE = 1e-4
@@ -88,10 +88,12 @@ class Source:
 
 def load_source(path: str | os.PathLike[str], task: str) -> Source:
     """The best checkpoint of a run folder, or a ``.pt`` file, checked to be a ``task`` model."""
-    from dlmi.training.run import load_trained
+    from dlmi.runtime.trained import load_trained
 
     trained = load_trained(path)
-    if trained.task != task:
+    if task == "segmentation" and trained.task == "joint":
+        pass  # a joint model (or an ensemble of them) exports its mask, its classes and its own gate
+    elif trained.task != task:
         option = "--classifier" if task == "classification" else "--segmenter"
         raise DlmiError(
             f"{trained.checkpoint}: {option} needs a {task} run, this one is a {trained.task} run"
@@ -187,6 +189,11 @@ def export_onnx(
         raise DlmiError("nothing to export: give --classifier and/or --segmenter (run folders or .pt files)")
     cls = load_source(classifier, "classification") if classifier is not None else None
     seg = load_source(segmenter, "segmentation") if segmenter is not None else None
+    joint = seg is not None and seg.meta.get("task") == "joint"
+    if joint and cls is not None:
+        raise DlmiError(f"{seg.checkpoint}: a joint model gates with its own class head; drop --classifier")
+    if joint:
+        return _export_joint(seg, Path(out), fp16=fp16, tolerance=tolerance, fp16_tolerance=fp16_tolerance)
     gate_index = normal_index(cls) if (cls is not None and seg is not None) else None
     precisions = ["fp32", "fp16"] if fp16 else ["fp32"]
 
@@ -230,11 +237,54 @@ def export_onnx(
                                         classifier=cls.pair, segmenter=seg.pair),
             ))
 
+    return _write(exported, Path(out), cls, seg)
+
+
+def _export_joint(joint: Source, out: Path, *, fp16: bool, tolerance: float,
+                  fp16_tolerance: float) -> ExportReport:
+    """A joint model's three files: its class head, its mask, and the gated two-stage graph (one pass)."""
+    from dlmi.runtime.graphs import JointClasses, JointMask
+    from dlmi.runtime.two_stage import JointPipeline
+
+    size = joint.image_size
+    gate_index = normal_index(joint)
+    pipeline_options = {"normal_index": gate_index,
+                        "min_lesion_pixels": int(joint.meta.get("min_lesion_pixels", 0)),
+                        "threshold": float(joint.meta.get("threshold", 0.5))}
+    exported: list[Exported] = []
+    for precision in ["fp32", "fp16"] if fp16 else ["fp32"]:
+        tol = tolerance if precision == "fp32" else fp16_tolerance
+        net = AsHalf(joint.model) if precision == "fp16" else joint.model
+
+        def meta(kind: str, outputs: Sequence[str], precision: str = precision) -> dict[str, str]:
+            return build_metadata(kind, inputs=[INPUT_NAME], outputs=list(outputs), precision=precision,
+                                  classifier=joint.pair if kind != SEGMENTER else None,
+                                  segmenter=joint.pair if kind != CLASSIFIER else None)
+
+        exported.append(_export_one(
+            CLASSIFIER, precision, ClassifierGraph(JointClasses(net)),
+            ClassifierGraph(JointClasses(joint.model)),
+            size=size, dynamic_axes={0: "batch"}, parity_shapes=[(n, 1, size, size) for n in (1, 3)],
+            tolerance=tol, metadata=meta(CLASSIFIER, ClassifierGraph.output_names)))
+        exported.append(_export_one(
+            SEGMENTER, precision, SegmenterGraph(JointMask(net)), SegmenterGraph(JointMask(joint.model)),
+            size=size, dynamic_axes={0: "batch", 2: "height", 3: "width"},
+            parity_shapes=_segmenter_shapes(size), tolerance=tol,
+            metadata=meta(SEGMENTER, SegmenterGraph.output_names)))
+        exported.append(_export_one(
+            TWO_STAGE, precision, JointPipeline(net, **pipeline_options),
+            JointPipeline(joint.model, **pipeline_options), size=size, dynamic_axes={0: "batch"},
+            parity_shapes=[(3, 1, size, size)], tolerance=tol,
+            metadata=meta(TWO_STAGE, TwoStage.output_names)))
+    return _write(exported, out, joint, joint)
+
+
+def _write(exported: list[Exported], out: Path, cls: Source | None, seg: Source | None) -> ExportReport:
+    """Write every file after all passed their parity checks, drop stale ones, then ``export.json``."""
     failed = [e.parity for e in exported if not e.parity.passed]
     if failed:
         raise DlmiError("; ".join(r.describe() for r in failed) + " — nothing was written")
 
-    out = Path(out)
     if out.exists() and not out.is_dir():
         raise DlmiError(f"{out}: exists and is not a folder")
     report = ExportReport(out=out)

@@ -17,6 +17,7 @@ size; fold k's ``val`` is its own part and its ``train`` the other parts plus th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections.abc import Sequence
@@ -244,6 +245,44 @@ def split_from_audit(
         cross_label=[list(g) for g in audit.cross_label],
         groups=[list(g) for g in audit.groups],
     )
+
+
+def with_folds(split: Split, samples: Sequence[Sample], folds: int, *, seed: int = 0) -> Split:
+    """``split`` with its train and val sides re-dealt into ``folds`` folds; ``test`` stays as it is.
+
+    The same rules as a k-fold split made from scratch: the recorded near-duplicate groups move as one unit,
+    stratified by label; cross-label groups stay in every fold's train part. So models trained on the folds
+    are scored on exactly the test images of the original split.
+    """
+    from dlmi import __version__
+
+    _check_fractions(0.0, split.test_fraction or 0.0, folds)
+    label_of = {s.key: s.label for s in samples}
+    development = [k for k in (*split.train, *split.val) if k in label_of]
+    missing = sorted((set(split.train) | set(split.val)) - set(label_of))
+    if missing:
+        raise DlmiError(f"the split names {len(missing)} images the dataset lacks, e.g. {missing[0]}")
+    order = {k: n for n, k in enumerate(development)}
+    contested = {k for g in split.cross_label for k in g}
+    in_group: set[str] = set()
+    units: list[tuple[int, list[str]]] = []
+    for group in split.groups:
+        keys = [k for k in group if k in order and k not in contested]
+        in_group.update(group)
+        if keys:
+            units.append((label_of[keys[0]], keys))
+    units += [(label_of[k], [k]) for k in development if k not in in_group and k not in contested]
+    units.sort(key=lambda unit: order[unit[1][0]])
+    parts = _deal(units, [1.0 / folds] * folds, random.Random(seed))
+
+    def ordered(keys: Sequence[str]) -> list[str]:
+        return sorted(keys, key=order.__getitem__)
+
+    kept = ordered([k for k in development if k in contested])
+    fold_list = [{"train": ordered([k for n, p in enumerate(parts) if n != f for k in p] + kept),
+                  "val": ordered(parts[f])} for f in range(folds)]
+    return dataclasses.replace(split, train=ordered(development), val=[], folds=fold_list, val_fraction=None,
+                               dlmi_version=__version__)
 
 
 def make_split(

@@ -20,15 +20,15 @@ _EXPORTS = {
     "train_classifier": "dlmi.training.runner",
     "train_segmenter": "dlmi.training.runner",
     "resume_training": "dlmi.training.runner",
-    "Trained": "dlmi.training.run",
-    "load_trained": "dlmi.training.run",
+    "Trained": "dlmi.runtime.trained",
+    "load_trained": "dlmi.runtime.trained",
 }
 
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    """Import lazily, so ``import dlmi.training.run`` does not pull in the whole loop."""
+    """Import lazily, so ``import dlmi.runtime.trained`` does not pull in the whole loop."""
     if name in _EXPORTS:
         import importlib
 

@@ -1,8 +1,8 @@
 """Classifier-aided segmentation: a frozen classifier's *normal* verdict gates the U-Net's output.
 
 As the seed describes: the trained classifier predicts each image's class; where it says *normal*, the
-U-Net's output is replaced by an empty mask (:func:`dlmi.gating.gate_logits`), so that image gives the U-Net
-no gradient during training and an empty prediction at evaluation.
+U-Net's output is replaced by an empty mask (:func:`dlmi.runtime.gating.gate_logits`), so that image gives
+the U-Net no gradient during training and an empty prediction at evaluation.
 """
 
 from __future__ import annotations
@@ -11,17 +11,18 @@ import os
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from dlmi.errors import DlmiError
-from dlmi.gating import gate_logits, is_normal
-from dlmi.training.run import Trained, load_trained
+from dlmi.runtime.gating import gate_logits, is_normal
+from dlmi.runtime.trained import Trained, load_trained
+from dlmi.runtime.two_stage import classifier_input
 
 
 class ClassifierGate:
     """``gate(images) -> bool (N,)``: True where the frozen classifier predicts the normal class.
 
-    Images are resized (bilinear, antialiased) to the classifier's own image size when the sizes differ.
+    Images are resized to the classifier's own size by :func:`dlmi.runtime.two_stage.classifier_input`,
+    as in the exported two-stage graph and in evaluation.
     """
 
     def __init__(self, trained: Trained, device: torch.device | str = "cpu") -> None:
@@ -39,10 +40,7 @@ class ClassifierGate:
 
     @torch.no_grad()
     def class_logits(self, images: torch.Tensor) -> torch.Tensor:
-        if images.shape[-2:] != (self.image_size, self.image_size):
-            images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear",
-                                   align_corners=False, antialias=True)
-        return self.classifier(images)
+        return self.classifier(classifier_input(images, self.image_size))
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return is_normal(self.class_logits(images), self.normal_index)

@@ -55,7 +55,11 @@ def plot_learning_curves(rows: Sequence[dict[str, Any]], run_dir: Path, task: st
     suffix = f"\n{context}" if context else ""
     written = [plot_curve(rows, ["train_loss", "val_loss"], run_dir / "curve_loss.png",
                           title="Loss" + suffix, ylabel="loss")]
-    if task == "classification":
+    if task == "joint":
+        written.append(plot_curve(rows, ["train_lesion_dice", "val_lesion_dice", "train_accuracy",
+                                         "val_accuracy"], run_dir / "curve_joint.png",
+                                  title="Lesion Dice (unaided) and class accuracy" + suffix, ylabel="score"))
+    elif task == "classification":
         written.append(plot_curve(rows, ["train_accuracy", "val_accuracy"], run_dir / "curve_accuracy.png",
                                   title="Accuracy (arg-max class = true class)" + suffix, ylabel="accuracy"))
     else:

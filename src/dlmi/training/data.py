@@ -81,7 +81,7 @@ def prepare_data(config: TrainConfig, split: Any, *, split_name: str = "split") 
     for side in ("train", "val"):
         if not sides[side]:
             raise DlmiError(f"{split_name}: the split has no {side} samples for dataset {config.dataset!r}")
-    if config.task == "segmentation" and not source.has_masks:
+    if config.task in ("segmentation", "joint") and not source.has_masks:
         raise DlmiError(f"dataset {config.dataset!r} has no masks; train a classifier on it instead")
     return RunData(source=source, split=split, samples=sides)
 

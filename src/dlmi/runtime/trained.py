@@ -19,7 +19,7 @@ from dlmi.training.checkpoint import load_checkpoint
 
 BEST_CHECKPOINT = "best.pt"
 LAST_CHECKPOINT = "last.pt"
-TASKS = ("classification", "segmentation")
+TASKS = ("classification", "segmentation", "joint")
 META_KEYS = (
     "task", "model", "model_options", "num_classes", "classes", "normal_class",
     "image_size", "dataset", "threshold", "dlmi_version", "run_dir",
@@ -103,6 +103,9 @@ def build_model(meta: dict[str, Any]) -> nn.Module:
                             image_size=int(meta["image_size"]), **options)
     if task == "segmentation":
         return create_model(meta["model"], in_channels=1, out_channels=1, **options)
+    if task == "joint":
+        return create_model(meta["model"], num_classes=int(meta["num_classes"]), in_channels=1,
+                            out_channels=1, **options)
     raise DlmiError(f"unknown task {task!r} in checkpoint meta; expected one of {', '.join(TASKS)}")
 
 
@@ -129,7 +132,15 @@ def load_trained(
     checkpoint_name: str = BEST_CHECKPOINT,
     map_location: str | torch.device = "cpu",
 ) -> Trained:
-    """Load a run folder (its ``best.pt``) or a ``.pt`` file as a :class:`Trained` model in eval mode."""
+    """Load a run folder (its ``best.pt``) or a ``.pt`` file as a :class:`Trained` model in eval mode.
+
+    An ensemble folder (with ``ensemble.json``) loads as a :class:`dlmi.runtime.ensemble.TrainedEnsemble`,
+    which has the same attributes.
+    """
+    from dlmi.runtime.ensemble import is_ensemble, load_ensemble
+
+    if Path(path).is_dir() and is_ensemble(path):
+        return load_ensemble(path, checkpoint_name=checkpoint_name, map_location=map_location)
     checkpoint, run_dir = resolve_checkpoint(path, checkpoint_name)
     payload = load_checkpoint(checkpoint, map_location=map_location)
     meta = payload.get("meta")

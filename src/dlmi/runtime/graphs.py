@@ -49,3 +49,25 @@ class AsHalf(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x.half()).float()
+
+
+class JointMask(nn.Module):
+    """The mask output of a joint network ``m(x) -> (seg_logits, class_logits)`` as a segmenter."""
+
+    def __init__(self, joint: nn.Module) -> None:
+        super().__init__()
+        self.joint = joint
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.joint(image)[0]
+
+
+class JointClasses(nn.Module):
+    """The class output of a joint network as a classifier."""
+
+    def __init__(self, joint: nn.Module) -> None:
+        super().__init__()
+        self.joint = joint
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.joint(image)[1]

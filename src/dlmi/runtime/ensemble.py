@@ -1,0 +1,137 @@
+"""An ensemble of joint networks (the K models of ``dlmi train joint --folds K``) as one joint network.
+
+:class:`JointEnsemble` averages its members' probabilities — softmax of the class logits, sigmoid of the mask
+logits — over the members and, with ``flip_tta``, over the image and its horizontal mirror (the mirrored
+mask flipped back). It returns the logits of those means, ``(seg_logits, class_logits)``, the interface of a
+single ``unet-mt``; so the gate, the threshold, evaluation, aided prediction and the exported
+``two_stage.onnx`` treat an ensemble exactly as one model.
+
+An ensemble folder holds ``ensemble.json`` (its members' run folders relative to it, whether flip TTA is
+on, the post-processing chosen on the members' out-of-fold predictions) and the members' run folders.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dlmi.errors import DlmiError
+
+MANIFEST = "ensemble.json"
+_EPS = 1e-6
+
+
+class JointEnsemble(nn.Module):
+    """The mean of joint networks ``m(x) -> (seg_logits, class_logits)`` (and of their mirrored views)."""
+
+    def __init__(self, members: Sequence[nn.Module], *, flip_tta: bool = True) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+        self.flip_tta = bool(flip_tta)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        views = [image, torch.flip(image, dims=[-1])] if self.flip_tta else [image]
+        class_sum: torch.Tensor | None = None
+        mask_sum: torch.Tensor | None = None
+        for member in self.members:
+            for mirrored, view in enumerate(views):
+                seg_logits, class_logits = member(view)[:2]
+                mask = torch.sigmoid(seg_logits.float())
+                if mirrored:
+                    mask = torch.flip(mask, dims=[-1])
+                probs = torch.softmax(class_logits.float(), dim=1)
+                class_sum = probs if class_sum is None else class_sum + probs
+                mask_sum = mask if mask_sum is None else mask_sum + mask
+        count = float(len(self.members) * len(views))
+        assert class_sum is not None and mask_sum is not None
+        class_mean = (class_sum / count).clamp(_EPS, 1.0)
+        mask_mean = (mask_sum / count).clamp(_EPS, 1.0 - _EPS)
+        return torch.log(mask_mean) - torch.log1p(-mask_mean), torch.log(class_mean)
+
+
+@dataclass
+class TrainedEnsemble:
+    """An ensemble folder loaded for use: the same attributes as :class:`dlmi.runtime.trained.Trained`."""
+
+    model: nn.Module
+    meta: dict[str, Any]
+    checkpoint: Path
+    run_dir: Path | None
+    members: list[Any] = field(default_factory=list)
+
+    task = "joint"
+
+    @property
+    def image_size(self) -> int:
+        return int(self.meta["image_size"])
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta.get("classes") or [])
+
+    @property
+    def normal_index(self) -> int | None:
+        normal = self.meta.get("normal_class")
+        return self.classes.index(normal) if normal in self.classes else None
+
+    @property
+    def threshold(self) -> float:
+        return float(self.meta.get("threshold", 0.5))
+
+
+def is_ensemble(path: str | os.PathLike[str]) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / MANIFEST
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DlmiError(f"{path}: cannot read the ensemble manifest ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("members"), list) or not data["members"]:
+        raise DlmiError(f"{path}: expected {{\"members\": [run folders…], …}}")
+    return data
+
+
+def load_ensemble(folder: str | os.PathLike[str], *, checkpoint_name: str = "best.pt",
+                  map_location: str | torch.device = "cpu") -> TrainedEnsemble:
+    """The members named by ``folder/ensemble.json`` as one :class:`TrainedEnsemble` in eval mode."""
+    from dlmi.runtime.trained import load_trained
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    members = [load_trained(folder / str(m), checkpoint_name=checkpoint_name, map_location=map_location)
+               for m in manifest["members"]]
+    first = members[0]
+    for member in members:
+        if member.task != "joint":
+            raise DlmiError(f"{member.checkpoint}: ensemble members must be joint models, not {member.task}")
+        for key in ("image_size", "classes", "normal_class", "dataset"):
+            if member.meta.get(key) != first.meta.get(key):
+                raise DlmiError(f"{member.checkpoint}: its {key} differs from {first.checkpoint}'s; "
+                                "an ensemble's members must agree")
+    flip_tta = bool(manifest.get("flip_tta", True))
+    meta = dict(first.meta)
+    meta.update(
+        model="ensemble",
+        members=[str(m.checkpoint) for m in members],
+        flip_tta=flip_tta,
+        threshold=float(manifest.get("threshold", first.threshold)),
+        run_dir=str(folder),
+    )
+    for key in ("min_lesion_pixels", "postprocess"):
+        if key in manifest:
+            meta[key] = manifest[key]
+    model = JointEnsemble([m.model for m in members], flip_tta=flip_tta).to(map_location).eval()
+    return TrainedEnsemble(model=model, meta=meta, checkpoint=folder / MANIFEST, run_dir=folder,
+                           members=members)

@@ -1,0 +1,131 @@
+"""The classifier-aided two-stage pipeline as one module: classify, segment, and gate where *normal*.
+
+The same module is exported as ``two_stage.onnx``, run by ``dlmi predict --backend torch`` and by
+``dlmi evaluate``, so the PyTorch, ONNX and evaluation pipelines are one definition. The gate is
+:func:`dlmi.runtime.gating.gate_logits` — the same function aided training uses — and the classifier sees
+the segmenter-sized image resized by :func:`classifier_input`, as in aided training.
+
+Three pipelines share one interface, ``parts(image) -> (class_logits, seg_logits)`` (the segmenter's logits
+before the gate) and ``forward(image) -> (class_probs, mask_probs, gated)``:
+
+- :class:`TwoStage`: a separate classifier and U-Net (the seed's pipeline);
+- :class:`JointPipeline`: one network with a segmentation and a classification output (``unet-mt``): the
+  encoder runs once;
+- an ensemble of joint networks (:class:`dlmi.runtime.ensemble.JointEnsemble`, the models of K
+  cross-validation folds with flip test-time augmentation) is itself a joint network, so it runs as a
+  :class:`JointPipeline` and exports as one graph.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dlmi.runtime.gating import gate_logits, is_normal
+
+OUTPUT_NAMES = ("class_probs", "mask_probs", "gated")
+
+
+def classifier_input(image: torch.Tensor, size: int) -> torch.Tensor:
+    """``image`` (N,1,H,W) resized to the classifier's S×S (bilinear, antialiased); unchanged when it fits."""
+    if tuple(image.shape[-2:]) == (size, size):
+        return image
+    return F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+class Pipeline(nn.Module):
+    """Shared head of every pipeline: class logits and ungated mask logits → probabilities and the gate."""
+
+    output_names = OUTPUT_NAMES
+    normal_index: int
+
+    def parts(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class logits (N,K), segmentation logits (N,1,H,W) before the gate), both float32."""
+        raise NotImplementedError
+
+    def gate(self, class_logits: torch.Tensor, seg_logits: torch.Tensor) -> torch.Tensor:
+        """Bool (N,): the images whose mask is emptied — the class head says normal."""
+        return is_normal(class_logits, self.normal_index)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        class_logits, seg_logits = self.parts(image)
+        gated = self.gate(class_logits, seg_logits)
+        return torch.softmax(class_logits, dim=1), torch.sigmoid(gate_logits(seg_logits, gated)), gated
+
+
+class TwoStage(Pipeline):
+    """(N,1,S,S) image in 0–1 at the segmenter's size → ``class_probs`` (N,K), ``mask_probs`` (N,1,S,S),
+    ``gated`` (N,) bool. ``mask_probs`` is exactly 0 where ``gated`` (the classifier's arg-max is normal).
+    """
+
+    def __init__(
+        self,
+        classifier: nn.Module,
+        segmenter: nn.Module,
+        *,
+        normal_index: int,
+        classifier_size: int,
+        segmenter_size: int,
+    ) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.segmenter = segmenter
+        self.normal_index = int(normal_index)
+        self.classifier_size = int(classifier_size)
+        self.segmenter_size = int(segmenter_size)
+
+    def classifier_input(self, image: torch.Tensor) -> torch.Tensor:
+        return classifier_input(image, self.classifier_size)
+
+    def parts(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        class_logits = self.classifier(self.classifier_input(image)).float()
+        return class_logits, self.segmenter(image).float()
+
+
+class JointPipeline(Pipeline):
+    """A joint network ``model(image) -> (seg_logits, class_logits)``: its own class head is the gate.
+
+    With ``min_lesion_pixels`` > 0 an image is also gated (called lesion-free) when fewer of its pixels than
+    that pass ``threshold`` — a post-processing rule chosen on validation predictions, kept in the graph.
+    """
+
+    def __init__(self, model: nn.Module, *, normal_index: int, min_lesion_pixels: int = 0,
+                 threshold: float = 0.5) -> None:
+        super().__init__()
+        self.model = model
+        self.normal_index = int(normal_index)
+        self.min_lesion_pixels = int(min_lesion_pixels)
+        self.logit_threshold = math.log(threshold / (1.0 - threshold))
+
+    def gate(self, class_logits: torch.Tensor, seg_logits: torch.Tensor) -> torch.Tensor:
+        gated = is_normal(class_logits, self.normal_index)
+        if self.min_lesion_pixels > 0:
+            area = (seg_logits > self.logit_threshold).flatten(1).sum(dim=1)
+            gated = gated | (area < self.min_lesion_pixels)
+        return gated
+
+    def parts(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        seg_logits, class_logits = self.model(image)
+        return class_logits.float(), seg_logits.float()
+
+
+def build_pipeline(segmenter: Any, classifier: Any = None) -> Pipeline | None:
+    """The aided pipeline of trained models (:class:`dlmi.runtime.trained.Trained`), or ``None`` unaided.
+
+    A joint segmenter (task ``joint``) gates with its own head; a plain segmenter needs a ``classifier``
+    with a normal class (``None`` is returned without one).
+    """
+    if segmenter.task == "joint":
+        if segmenter.normal_index is None:
+            return None
+        return JointPipeline(segmenter.model, normal_index=segmenter.normal_index,
+                             min_lesion_pixels=int(segmenter.meta.get("min_lesion_pixels", 0)),
+                             threshold=segmenter.threshold)
+    if classifier is None or classifier.normal_index is None:
+        return None
+    return TwoStage(classifier.model, segmenter.model, normal_index=classifier.normal_index,
+                    classifier_size=classifier.image_size, segmenter_size=segmenter.image_size)

@@ -1,0 +1,169 @@
+"""Cross-validation ensembles: ``dlmi train joint --folds K`` trains one joint model per fold.
+
+The folder ``out`` gets ``split.json`` (the base split with its train and val sides re-dealt into K folds by
+:func:`dlmi.splits.split.with_folds`; the test side unchanged), ``fold-0`` … ``fold-{K-1}`` (ordinary run
+folders, each trained on its fold's train part and validated on its val part), and last ``ensemble.json``.
+
+Every setting of the ensemble is chosen on out-of-fold predictions — each development image predicted by
+the one member that did not train on it (with flip TTA, as the ensemble runs) — never on the test side:
+the probability threshold and the smallest lesion (in pixels at the model's size) below which an image is
+called lesion-free, by the highest seed mIoU with the gate (all images; empty ∩ empty = 1).
+
+Resumable: a finished fold is kept, an interrupted one continues from its ``last.pt``, and ``ensemble.json``
+is written (atomically) only once every fold has finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from dlmi.atomic import write_json_atomic
+from dlmi.errors import DlmiError
+from dlmi.training.config import JOINT, TrainConfig
+
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+MIN_LESION_FRACTIONS = (0.0, 0.0005, 0.001, 0.002, 0.004)  # of the image's pixels (8, 16, 33, 66 at 128²)
+
+
+def fold_dir(out: Path, fold: int) -> Path:
+    return out / f"fold-{fold}"
+
+
+def _finished(run: Path, epochs: int) -> bool:
+    from dlmi.training.run_dir import RunFolder
+
+    folder = RunFolder(run)
+    if not folder.last.is_file():
+        return False
+    rows = folder.read_metrics()
+    return bool(rows) and int(rows[-1]["epoch"]) >= epochs
+
+
+def train_folds(config: TrainConfig, folds: int, *, flip_tta: bool = True) -> Path:
+    """Train ``folds`` joint models (one per fold) into ``config.out`` and write its ``ensemble.json``."""
+    from dlmi.splits import load_split, save_split
+    from dlmi.splits.split import with_folds
+    from dlmi.training.data import load_source, make_default_split, read_split
+    from dlmi.training.runner import resume_training, train
+
+    if config.task != JOINT:
+        raise DlmiError(f"--folds trains an ensemble of joint models (task {JOINT!r}), not {config.task!r}")
+    if folds < 2:
+        raise DlmiError(f"--folds {folds}: an ensemble needs at least 2 folds")
+    config = config.resolved()
+    out = Path(config.out)
+    split_path = out / "split.json"
+    if split_path.is_file():
+        split = load_split(split_path)
+        if not split.folds or len(split.folds) != folds:
+            raise DlmiError(
+                f"{split_path}: holds {len(split.folds or [])} folds, not {folds}; use a new --out"
+            )
+    else:
+        _, samples = load_source(config)
+        base = read_split(config.split) if config.split else make_default_split(config)
+        split = base if base.folds and len(base.folds) == folds else with_folds(base, samples, folds,
+                                                                               seed=config.seed)
+        out.mkdir(parents=True, exist_ok=True)
+        save_split(split, split_path)
+    members = []
+    for fold in range(folds):
+        run = fold_dir(out, fold)
+        member = dataclasses.replace(config, out=str(run), split=str(split_path), fold=fold)
+        if _finished(run, config.epochs):
+            pass
+        elif (run / "last.pt").is_file():
+            resume_training(run)
+        else:
+            if run.exists():
+                import shutil
+
+                shutil.rmtree(run)  # a fold that never finished an epoch: start it again
+            train(member)
+        members.append(run.name)
+    choice = choose_postprocess(out, members, flip_tta=flip_tta, device=config.device)
+    write_json_atomic(out / "ensemble.json", {
+        "kind": "dlmi ensemble", "members": members, "flip_tta": flip_tta,
+        "threshold": choice["threshold"], "min_lesion_pixels": choice["min_lesion_pixels"],
+        "postprocess": choice,
+    })
+    return out
+
+
+def out_of_fold(out: Path, members: list[str], *, flip_tta: bool, device: str = "cpu") -> dict[str, Any]:
+    """Every development image predicted by the member that did not train on it (class probs, mask probs)."""
+    from dlmi.evaluation.predict import EvalImages
+    from dlmi.runtime.ensemble import JointEnsemble
+    from dlmi.runtime.trained import load_trained
+    from dlmi.splits import load_split, split_samples
+    from dlmi.training.data import load_source
+
+    split = load_split(out / "split.json")
+    keys, labels, probs, masks, truths = [], [], [], [], []
+    torch_device = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    for fold, name in enumerate(members):
+        member = load_trained(out / name, map_location=torch_device)
+        config = TrainConfig.load(out / name / "config.json")
+        source, samples = load_source(config)
+        val = list(split_samples(split, samples, "val", fold=fold))
+        net = JointEnsemble([member.model], flip_tta=flip_tta).to(torch_device).eval()
+        loader = DataLoader(EvalImages(source, val, member.image_size), batch_size=16)
+        with torch.inference_mode():
+            for batch in loader:
+                seg_logits, class_logits = net(batch["image"].to(torch_device))
+                probs.append(torch.softmax(class_logits, 1).cpu().numpy())
+                masks.append(torch.sigmoid(seg_logits[:, 0]).cpu().numpy().astype(np.float16))
+                truths.append(batch["mask"].numpy())
+                labels.append(batch["label"].numpy())
+        keys += [s.key for s in val]
+    return {"keys": keys, "labels": np.concatenate(labels), "class_probs": np.concatenate(probs),
+            "mask_probs": np.concatenate(masks), "true_masks": np.concatenate(truths),
+            "normal_index": member.normal_index}
+
+
+def _seed_miou(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    inter = (pred & truth).reshape(len(pred), -1).sum(1)
+    union = (pred | truth).reshape(len(pred), -1).sum(1)
+    return np.where(union == 0, 1.0, inter / np.maximum(union, 1))
+
+
+def choose_postprocess(out: Path, members: list[str], *, flip_tta: bool,
+                       device: str = "cpu") -> dict[str, Any]:
+    """The threshold and lesion-size rule with the highest out-of-fold seed mIoU (gate applied)."""
+    oof = out_of_fold(out, members, flip_tta=flip_tta, device=device)
+    probs, truth = oof["mask_probs"].astype(np.float32), oof["true_masks"].astype(bool)
+    normal = oof["normal_index"]
+    said_normal = oof["class_probs"].argmax(1) == (normal if normal is not None else -1)
+    pixels = probs.shape[1] * probs.shape[2]
+    lesion = truth.reshape(len(truth), -1).any(1)
+    table = []
+    for threshold, fraction in itertools.product(THRESHOLDS, MIN_LESION_FRACTIONS):
+        min_pixels = int(math.ceil(fraction * pixels))
+        pred = probs > threshold
+        area = pred.reshape(len(pred), -1).sum(1)
+        gated = said_normal | (area < min_pixels)
+        pred[gated] = False
+        scores = _seed_miou(pred, truth)
+        dice = 2 * (pred & truth).reshape(len(pred), -1).sum(1) / np.maximum(
+            pred.reshape(len(pred), -1).sum(1) + truth.reshape(len(truth), -1).sum(1), 1)
+        table.append({"threshold": threshold, "min_lesion_pixels": min_pixels,
+                      "miou_seed_aided": float(scores.mean()),
+                      "lesion_dice_aided": float(dice[lesion].mean()) if lesion.any() else float("nan"),
+                      "empty_fpr_aided": float((~gated[~lesion] & (area[~lesion] > 0)).mean())
+                      if (~lesion).any() else float("nan")})
+    # Highest seed mIoU; ties to the plainest rule (threshold nearest 0.5, then the smallest size rule).
+    best = max(table, key=lambda r: (round(r["miou_seed_aided"], 6), -abs(r["threshold"] - 0.5),
+                                     -r["min_lesion_pixels"]))
+    return {"selected_on": f"out-of-fold predictions of the {len(members)} members ({len(probs)} images)",
+            "criterion": "seed mIoU with the gate (all images; empty truth and empty prediction = 1)",
+            "threshold": best["threshold"], "min_lesion_pixels": best["min_lesion_pixels"],
+            "oof_accuracy": float((oof["class_probs"].argmax(1) == oof["labels"]).mean()),
+            "oof_best": best, "candidates": table}
