@@ -184,7 +184,7 @@ def test_earlier_outputs_inside_the_input_folder_are_left_out(exported, tmp_path
     write_image(scans / "a.png", 50, 60)
     write_image(scans / "sub" / "b.png", 50, 60, seed=1)
     predict_folder(scans, scans / "first-run", predictor, PredictSettings(aided=True), log=quiet)
-    assert (scans / "first-run" / "masks" / "a.png.png").is_file()
+    assert (scans / "first-run" / rows(scans / "first-run")["a.png"]["mask"]).is_file()
 
     messages: list[str] = []
     summary = predict_folder(scans, tmp_path / "second-run", predictor, PredictSettings(aided=True),
@@ -310,7 +310,7 @@ def test_leftovers_of_a_killed_run_are_cleaned_up(exported, tmp_path):
     log = out / "progress.jsonl"
     with log.open("a") as handle:
         handle.write('{"file": "2.png", "class": "beni')  # the last line, cut short by the kill
-    (out / "masks" / "2.png.png").unlink()  # so the re-run appends a record after the torn line
+    (out / rows(out)["2.png"]["mask"]).unlink()  # so the re-run appends a record after the torn line
 
     messages: list[str] = []
     summary = predict_folder(scans, out, predictor, PredictSettings(aided=True), log=messages.append)
