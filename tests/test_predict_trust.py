@@ -31,14 +31,14 @@ def exported(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def classifier_only(tmp_path_factory) -> Path:
-    """An export folder holding only classifier.onnx."""
+def classifier_only(tmp_path_factory) -> tuple[Path, Path]:
+    """An export folder holding only classifier.onnx, and the classifier's checkpoint."""
     from dlmi.export.onnx_export import export_onnx
 
     base = tmp_path_factory.mktemp("classifier-only")
     cls_path, _ = make_checkpoints(base / "checkpoints")
     export_onnx(cls_path, None, base / "models")
-    return base / "models"
+    return base / "models", cls_path
 
 
 def write_image(path: Path, height: int, width: int, value: int = 180, seed: int = 0) -> Path:
@@ -339,6 +339,7 @@ def test_a_link_to_nothing_is_reported_as_skipped(exported, tmp_path, capsys):
 
 
 def test_classifier_only_export_predicts_classes(classifier_only, tmp_path, capsys):
+    classifier_only, cls_path = classifier_only
     scans = tmp_path / "scans"
     write_image(scans / "dark.png", 50, 40, value=10)
     write_image(scans / "bright.png", 50, 40, value=200, seed=1)
@@ -359,3 +360,8 @@ def test_classifier_only_export_predicts_classes(classifier_only, tmp_path, caps
     assert dlmi(capsys, "predict", str(scans), "--models", str(classifier_only), "--out", str(out),
                 "--provider", "cpu")[0] == 0
     assert json.loads((out / "predictions.json").read_text())["predictions"] == report["predictions"]
+    torch_predictor = open_predictor([cls_path], backend="torch", provider="cpu")  # a checkpoint alone too
+    eager = predict_folder(scans, tmp_path / "torch", torch_predictor, PredictSettings(), log=quiet)
+    assert eager.mode == "classifier"
+    assert {f: r["class"] for f, r in rows(tmp_path / "torch").items()} == {"dark.png": "normal",
+                                                                           "bright.png": "benign"}
