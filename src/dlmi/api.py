@@ -101,6 +101,8 @@ def _train(task: str, settings: dict[str, Any], *, resume: PathLike | None, fold
     for key in ("out", "data_dir", "aid", "split"):
         if key in settings:
             settings[key] = os.fspath(settings[key])
+    if task == JOINT and resume is None:
+        settings.setdefault("scheduler", "poly")  # the joint recipe's schedule (a resumed run keeps its own)
     if folds is not None:
         from dlmi.training.folds import train_folds
 
@@ -188,14 +190,15 @@ def train_joint(
     base_channels: int | None = None, model_options: dict[str, Any] | None = None, device: str | None = None,
     deterministic: bool | None = None, seed: int | None = None, workers: int | None = None,
     split: PathLike | None = None, fold: int | None = None, folds: int | None = None,
-    scheduler: str | None = "poly", warmup_epochs: int | None = None, ema: float | None = None,
+    scheduler: str | None = None, warmup_epochs: int | None = None, ema: float | None = None,
     class_balance: str | None = None, class_weight: float | None = None, augment: bool | None = None,
     augment_recipe: str | None = None, resume: PathLike | None = None, quiet: bool | None = None,
     precision: str | None = None, channels_last: bool | None = None, compile: bool | None = None,
     cache: str | None = None, sync_bn: bool | None = None,
 ) -> Path:
-    """Train a joint model (``dlmi train joint``: ``unet-mt``, its class head the gate); with ``folds=K``,
-    K fold models and ``ensemble.json`` in ``out``. Returns the run (or ensemble) folder."""
+    """Train a joint model (``dlmi train joint``: ``unet-mt``, its class head the gate; scheduler ``poly``
+    unless told); with ``folds=K``, K fold models and ``ensemble.json`` in ``out``. Returns the run (or
+    ensemble) folder."""
     settings = {k: v for k, v in locals().items() if k not in ("folds", "resume")}
     return _train(JOINT, settings, resume=resume, folds=folds)
 

@@ -72,16 +72,16 @@ def run_command(
 
     Example: `dlmi evaluate runs/unet-dice --aid runs/classifier --side test`
     """
-    from dlmi.evaluation import evaluate_run, markdown_report
+    from dlmi.api import evaluate
 
-    result = evaluate_run(run_dir, aid=aid, split=split, side=side, data_dir=data_dir, checkpoint=checkpoint,
-                          batch_size=batch_size, workers=workers, device=device, resamples=resamples,
-                          seed=seed, panels=panels)
-    per_side = result["sides"] if side == "all" else {side: result}
-    lines = [markdown_report(r) for r in per_side.values()]
-    lines += ["Written: " + ", ".join(f"{r['files']['json']}, {r['files']['markdown']}"
+    report = evaluate(run_dir, aid=aid, split=split, side=side, data_dir=data_dir, checkpoint=checkpoint,
+                      batch_size=batch_size, workers=workers, device=device, resamples=resamples, seed=seed,
+                      panels=panels)
+    per_side = report.sides or {side: report}
+    lines = [report.markdown()]
+    lines += ["Written: " + ", ".join(f"{r.files['json']}, {r.files['markdown']}"
                                       for r in per_side.values()) + "\n"]
-    _emit(result, as_json, lines)
+    _emit(report.to_dict(), as_json, lines)
 
 
 @app.command("masks")

@@ -38,9 +38,9 @@ def onnx_command(
 
     Example: `dlmi export onnx --classifier runs/cls --segmenter runs/seg --out exported/`
     """
-    from dlmi.export.onnx_export import export_onnx
+    from dlmi.api import export_onnx
 
-    report = export_onnx(classifier, segmenter, out, fp16=fp16, tolerance=tolerance,
+    report = export_onnx(classifier=classifier, segmenter=segmenter, out=out, fp16=fp16, tolerance=tolerance,
                          fp16_tolerance=fp16_tolerance)
     typer.echo(report.summary())
     typer.echo(f"manifest: {report.out / 'export.json'}")

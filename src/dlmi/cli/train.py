@@ -57,30 +57,12 @@ def _parse_options(pairs: list[str] | None) -> dict[str, Any]:
 
 
 def _run(task: str, settings: dict[str, Any], resume: Path | None) -> None:
-    from dlmi.training.config import TrainConfig
-    from dlmi.training.runner import resume_training, train
+    """Start or resume a run through the Python API (:mod:`dlmi.api`), then say where it is."""
+    from dlmi import api
 
-    if resume is not None:
-        from dlmi.training.run_dir import RunFolder
-
-        saved = TrainConfig.load(RunFolder(resume).config)
-        if saved.task != task:
-            command = {"classification": "classifier", "joint": "joint"}.get(saved.task, "segmenter")
-            raise DlmiError(
-                f"{resume}: is a {saved.task} run; resume it with `dlmi train {command} --resume {resume}`"
-            )
-        overrides = {k: v for k, v in settings.items() if v is not None}
-        if "out" in overrides and Path(overrides["out"]).resolve() != resume.resolve():
-            raise DlmiError(f"--out {overrides['out']}: --resume continues {resume} in place; drop --out")
-        overrides.pop("out", None)
-        run_dir = resume_training(resume, **overrides)
-    else:
-        for required in ("dataset", "out"):
-            if not settings.get(required):
-                raise DlmiError(f"--{required} is required (or --resume RUN_DIR)")
-        config = TrainConfig(task=task, **{k: v for k, v in settings.items() if v is not None})
-        run_dir = train(config)
-    _report(run_dir)
+    train = {"classification": api.train_classifier, "segmentation": api.train_segmenter,
+             "joint": api.train_joint}[task]
+    _report(train(**settings, resume=resume))
 
 
 def _report(run_dir: Path) -> None:
