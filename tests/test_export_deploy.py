@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from busi_folder import write_busi_folder
 from PIL import Image
 from test_export_helpers import exported_models
 
@@ -36,8 +37,9 @@ def example_code() -> str:
     return match.group(1)
 
 
-def test_deploy_example_runs_without_dlmi_and_matches_predict(tmp_path, tmp_path_factory, busi_dir):
+def test_deploy_example_runs_without_dlmi_and_matches_predict(tmp_path, tmp_path_factory):
     models, _, _ = exported_models(tmp_path_factory)
+    busi_dir = write_busi_folder(tmp_path / "busi-source", per_class=2, size=96)
     scans = tmp_path / "scans"
     scans.mkdir()
     shutil.copyfile(busi_dir / "benign" / "benign (2).png", scans / "busi.png")
@@ -62,7 +64,8 @@ def test_deploy_example_runs_without_dlmi_and_matches_predict(tmp_path, tmp_path
         record = records[name]
         assert result.stdout.split() == [f"class={record['class']}", f"gated={record['gated']}",
                                          f"lesion_pixels={record['lesion_pixels']}"]
-        doc_mask = np.asarray(Image.open(workdir / "mask.png"))
-        dlmi_mask = np.asarray(Image.open(tmp_path / "out" / record["mask"]))
+        # The same lesion pixels, whatever the PNG encoding (8-bit 0/255 or 1-bit).
+        doc_mask = np.asarray(Image.open(workdir / "mask.png").convert("L")) > 0
+        dlmi_mask = np.asarray(Image.open(tmp_path / "out" / record["mask"]).convert("L")) > 0
         assert np.array_equal(doc_mask, dlmi_mask)
     assert records["dark.png"]["gated"] and not records["rgba.png"]["gated"]

@@ -1,4 +1,7 @@
-"""``dlmi predict`` over a folder: real BUSI files and awkward inputs, the gate, providers, re-runs, tiles."""
+"""``dlmi predict`` over a folder: BUSI-layout files and awkward inputs, the gate, providers, re-runs, tiles.
+
+Every image is written by the fixtures, so a clean clone (no ``../shared/data``) runs all of these tests.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pytest
 import torch
+from busi_folder import write_busi_folder
 from PIL import Image
 from test_export_helpers import CLASSES, CLASSIFIER_SIZE, exported_models
 
@@ -33,8 +37,9 @@ def exported(tmp_path_factory):
 
 
 @pytest.fixture
-def scans(tmp_path, busi_dir) -> Path:
-    """A folder of real BUSI images, a dark grey JPEG, a bright RGBA PNG, a corrupt PNG and a text file."""
+def scans(tmp_path) -> Path:
+    """A folder of BUSI-layout images, a dark grey JPEG, a bright RGBA PNG, a corrupt PNG and a text file."""
+    busi_dir = write_busi_folder(tmp_path / "busi-source", per_class=1, size=96)
     folder = tmp_path / "scans"
     for name in BUSI_FILES:
         target = folder / "busi" / name
