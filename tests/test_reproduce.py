@@ -9,10 +9,31 @@ import numpy as np
 import pytest
 from PIL import Image
 
-SEED_NUMBERS = ("0.8526", "0.904", "0.48947", "0.56055", "0.54007", "0.51996", "0.56304", "0.57291")
+# The seed report's test mIoU per loss, trained unaided / aided (../shared/seed/SUMMARY.md).
+SEED_TEST_MIOU = {"bce": ("0.48947", "0.51996"), "mse": ("0.56055", "0.56304"),
+                  "dice": ("0.54007", "0.57291")}
 EXPERIMENTS = ("brain-mri-cls", "busi-cls", "busi-unet-bce", "busi-unet-mse", "busi-unet-dice",
                "busi-unet-bce-aided", "busi-unet-mse-aided", "busi-unet-dice-aided", "busi-cls-improved",
                "busi-unet-dice-bce-improved")
+
+
+def table_row(markdown: str, *first_cells: str) -> list[str]:
+    """The cells of the one Markdown table row whose leading cells are ``first_cells`` (the last one may be
+    followed by more text, e.g. ``aided (busi-cls)``)."""
+    rows = []
+    for line in markdown.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        head = cells[:len(first_cells)]
+        *fixed, last = first_cells
+        if line.startswith("|") and head[:-1] == fixed and head[-1].startswith(last):
+            rows.append(cells)
+    assert len(rows) == 1, f"{len(rows)} rows start with {first_cells}"
+    return rows[0]
+
+
+def interval_text(number: dict) -> str:
+    """How the report writes a measured number with its interval: ``value [low, high]`` to 3 decimals."""
+    return f"{number['value']:.3f} [{number['low']:.3f}, {number['high']:.3f}]"
 
 
 def _brain_mri(root: Path, per_class: int = 12) -> None:
@@ -75,10 +96,22 @@ def test_reproduce_tiny_writes_all_rows_and_resumes(data_root: Path, tmp_path: P
     assert by_name["busi-unet-dice-aided"]["trained_aided"] is True
 
     md = (results / "reproduce-tiny.md").read_text()
-    for number in SEED_NUMBERS:
-        assert number in md
     for name in EXPERIMENTS:
         assert name in md
+    # Each row puts the seed's number beside the number this run measured (read back from its evaluation).
+    for label, key, seed_test in (("accuracy (3 classes)", "accuracy", "0.8526"),
+                                  ("detect accuracy", "detect_accuracy", "0.904")):
+        row = table_row(md, "busi-cls", label)
+        measured = json.loads((out / "busi-cls" / "eval-test.json").read_text())["classification"][key]
+        assert row[3] == seed_test and row[5] == interval_text(measured), row
+    for loss, (unaided_test, aided_test) in SEED_TEST_MIOU.items():
+        for run, training, seed_test in ((f"busi-unet-{loss}", "unaided", unaided_test),
+                                         (f"busi-unet-{loss}-aided", "aided", aided_test)):
+            row = table_row(md, loss, training, training)
+            variants = json.loads((out / run / "eval-test.json").read_text())["segmentation"]["variants"]
+            assert row[4] == seed_test, row
+            assert row[6] == interval_text(variants[training]["miou_seed"]), row
+            assert row[8] == interval_text(variants[training]["lesion_dice"]), row
     assert "empty-mask rule" in md and "lesion Dice" in md and "Status: **complete**" in md
 
     # Re-running skips every finished experiment (no checkpoint is rewritten); one whose test evaluation is
