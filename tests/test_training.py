@@ -181,6 +181,7 @@ def test_load_trained_rebuilds_the_model_from_meta(classifier_run: Path) -> None
     assert logits.shape == (2, 3)
 
 
+@pytest.mark.slow
 def test_segmenter_learns_and_scores(tmp_path: Path) -> None:
     run_dir = train_segmenter(segmenter_config(tmp_path / "seg", loss="dice-bce", lr=3e-3))
     rows = metrics_of(run_dir)
@@ -237,6 +238,7 @@ def test_gated_images_give_no_gradient(loss_name: str) -> None:
     assert all(torch.count_nonzero(g) == 0 for g in grads)
 
 
+@pytest.mark.slow
 def test_aided_segmenter_run(classifier_run: Path, tmp_path: Path) -> None:
     run_dir = train_segmenter(segmenter_config(tmp_path / "aided", epochs=2, aid=str(classifier_run)))
     config = json.loads((run_dir / "config.json").read_text())
@@ -262,6 +264,7 @@ def test_aid_on_another_dataset_is_refused(classifier_run: Path, tmp_path: Path)
                                          aid=str(classifier_run)))
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights(tmp_path: Path) -> None:
     def final_weights(name: str, seed: int) -> dict[str, torch.Tensor]:
         config = segmenter_config(tmp_path / name, epochs=2, seed=seed, augment=True, class_balance="sampler")
@@ -273,6 +276,7 @@ def test_same_seed_same_weights(tmp_path: Path) -> None:
     assert not all(torch.equal(first[k], other[k]) for k in first)
 
 
+@pytest.mark.slow
 def test_resume_continues_on_the_same_curve(tmp_path: Path) -> None:
     """2 epochs, then resumed to 3, equals 3 straight epochs: weights, optimiser and RNG states carry over."""
     settings = dict(augment=True, class_balance="sampler")
@@ -353,6 +357,7 @@ def test_cosine_schedule_and_class_weights() -> None:
     assert class_weights(labels, 3) == pytest.approx([4 / 9, 4 / 3, 0.0])
 
 
+@pytest.mark.slow
 def test_class_weights_reach_the_loss_training_uses(tmp_path: Path) -> None:
     CREATED_LOSSES.clear()
     run_dir = train_classifier(classifier_config(tmp_path / "w", epochs=1, class_balance="weights",

@@ -76,6 +76,7 @@ def test_a_folder_with_a_foreign_metrics_log_is_refused(tmp_path):
 # --- 10. evaluating a k-fold run ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_evaluate_a_run_trained_on_one_fold(tmp_path):
     from dlmi.splits import make_split, save_split
 
@@ -101,6 +102,7 @@ def test_a_metric_the_task_does_not_log_is_refused(tmp_path):
     assert_nothing_written(out)
 
 
+@pytest.mark.slow
 def test_each_task_logs_its_metrics_and_best_follows_their_direction(tmp_path):
     cls = train_classifier(classifier_config(tmp_path / "cls", epochs=3, best_metric="val_loss", lr=3e-3))
     rows = metrics_of(cls)
@@ -115,6 +117,7 @@ def test_each_task_logs_its_metrics_and_best_follows_their_direction(tmp_path):
 # --- 12. paths ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_paths_are_accepted_where_a_folder_is_named(tmp_path):
     cls = train_classifier(classifier_config(tmp_path / "cls", epochs=1))
     assert isinstance(cls, Path)
