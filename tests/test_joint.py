@@ -185,9 +185,9 @@ def test_train_folds_end_to_end_on_synthetic(tmp_path):
     """`dlmi train joint --folds 2` → ensemble.json chosen out of fold → evaluate → export → predict."""
     from PIL import Image
 
-    from dlmi.cli.main import build_command
+    from dlmi.cli.main import make_app
 
-    app = build_command()
+    app = make_app()
     runner = CliRunner()
     out = tmp_path / "joint"
     args = ["train", "joint", "--dataset", "synthetic", "--image-size", "32", "--epochs", "2",

@@ -28,7 +28,7 @@ H_SEED = "Seed for weights, order and augmentation; same seed on CPU → same we
 H_WORKERS = "Data-loading worker processes. [default: 0]"
 H_SPLIT = "Split file (from `dlmi data split`); without it a default split is made and saved in the run."
 H_FOLD = "Fold K of a k-fold split file: train on its train part, validate on its val part."
-H_SCHED = "Learning-rate schedule: none or cosine. [default: none]"
+H_SCHED = "Learning-rate schedule: none, cosine or poly (after any warm-up). [default: none]"
 H_BALANCE = "Class balance: none, sampler (class-balanced draws) or weights (CE weights). [default: none]"
 H_AUGMENT = "Joint image/mask augmentation: horizontal flip, small affine, brightness/contrast."
 H_OPTION = "Extra model option KEY=VALUE (VALUE read as JSON when it parses), repeatable."
@@ -41,6 +41,11 @@ H_COMPILE = "torch.compile the model (slow start; measured slower on CPU, try it
 H_CACHE = ("Keep decoded, resized images: auto (memory if it fits, else disk), memory, disk "
            "($DLMI_CACHE_DIR), both, none. [default: auto]")
 H_SYNC_BN = "Under torchrun: BatchNorm statistics over the global batch. [default: on]"
+H_WARMUP = "Linear warm-up epochs before the schedule. [default: 0]"
+H_EMA = "Validate, save and export an EMA of the weights with this decay per step (0 = off). [default: 0]"
+H_RECIPE = "Augmentation recipe with --augment: basic or ultrasound (docs/training.md). [default: basic]"
+H_FOLDS_CLS = ("Train an ensemble: K classifiers on K cross-validation folds of the split's train+val images "
+               "(test side unchanged) into OUT/fold-k, then OUT/ensemble.json. Resumable.")
 
 
 def _parse_options(pairs: list[str] | None) -> dict[str, Any]:
@@ -102,9 +107,13 @@ def classifier_command(
     workers: int = typer.Option(None, "--workers", help=H_WORKERS),
     split: Path = typer.Option(None, "--split", help=H_SPLIT),
     fold: int = typer.Option(None, "--fold", help=H_FOLD),
+    folds: int = typer.Option(None, "--folds", help=H_FOLDS_CLS),
     scheduler: str = typer.Option(None, "--scheduler", help=H_SCHED),
+    warmup_epochs: int = typer.Option(None, "--warmup-epochs", help=H_WARMUP),
+    ema: float = typer.Option(None, "--ema", help=H_EMA),
     class_balance: str = typer.Option(None, "--class-balance", help=H_BALANCE),
     augment: bool = typer.Option(False, "--augment", help=H_AUGMENT),
+    augment_recipe: str = typer.Option(None, "--augment-recipe", help=H_RECIPE),
     resume: Path = typer.Option(None, "--resume", help=H_RESUME),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=H_QUIET),
     precision: str = typer.Option(None, "--precision", help=H_PRECISION),
@@ -125,8 +134,12 @@ def classifier_command(
         seed=seed, workers=workers,
         split=str(split) if split else None, fold=fold, scheduler=scheduler, class_balance=class_balance,
         augment=augment or None, quiet=quiet or None, precision=precision, channels_last=channels_last,
-        compile=compile_model, cache=cache, sync_bn=sync_bn,
+        compile=compile_model, cache=cache, sync_bn=sync_bn, warmup_epochs=warmup_epochs, ema=ema,
+        augment_recipe=augment_recipe,
     )
+    if folds is not None:
+        _run_folds("classification", settings, folds, resume)
+        return
     _run("classification", settings, resume)
 
 
@@ -211,13 +224,13 @@ def joint_command(
     fold: int = typer.Option(None, "--fold", help=H_FOLD),
     folds: int = typer.Option(None, "--folds", help=H_FOLDS),
     scheduler: str = typer.Option("poly", "--scheduler", help="LR schedule: none, cosine or poly."),
-    warmup_epochs: int = typer.Option(None, "--warmup-epochs", help="Linear warm-up epochs. [default: 0]"),
-    ema: float = typer.Option(None, "--ema", help="EMA decay of the weights per step (0 = off)."),
+    warmup_epochs: int = typer.Option(None, "--warmup-epochs", help=H_WARMUP),
+    ema: float = typer.Option(None, "--ema", help=H_EMA),
     class_balance: str = typer.Option(None, "--class-balance",
                                       help="Class balance: none or sampler (class-balanced draws)."),
     class_weight: float = typer.Option(None, "--class-weight", help="Weight of the class loss. [default: 1]"),
     augment: bool = typer.Option(False, "--augment", help=H_AUGMENT),
-    augment_recipe: str = typer.Option(None, "--augment-recipe", help="basic or ultrasound."),
+    augment_recipe: str = typer.Option(None, "--augment-recipe", help=H_RECIPE),
     resume: Path = typer.Option(None, "--resume", help=H_RESUME),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=H_QUIET),
     precision: str = typer.Option(None, "--precision", help=H_PRECISION),
@@ -241,15 +254,20 @@ def joint_command(
         channels_last=channels_last, compile=compile_model, cache=cache, sync_bn=sync_bn,
     )
     if folds is not None:
-        from dlmi.training.config import TrainConfig
-        from dlmi.training.folds import train_folds
-
-        if fold is not None or resume is not None:
-            raise DlmiError("--folds trains every fold (and resumes by itself): drop --fold/--resume")
-        for required in ("dataset", "out"):
-            if not settings.get(required):
-                raise DlmiError(f"--{required} is required")
-        config = TrainConfig(task="joint", **{k: v for k, v in settings.items() if v is not None})
-        typer.echo(f"ensemble folder: {train_folds(config, folds)}")
+        _run_folds("joint", settings, folds, resume)
         return
     _run("joint", settings, resume)
+
+
+def _run_folds(task: str, settings: dict[str, Any], folds: int, resume: Path | None) -> None:
+    """``--folds K``: one model per fold of the split's development images, then ``ensemble.json``."""
+    from dlmi.training.config import TrainConfig
+    from dlmi.training.folds import train_folds
+
+    if settings.get("fold") is not None or resume is not None:
+        raise DlmiError("--folds trains every fold (and resumes by itself): drop --fold/--resume")
+    for required in ("dataset", "out"):
+        if not settings.get(required):
+            raise DlmiError(f"--{required} is required")
+    config = TrainConfig(task=task, **{k: v for k, v in settings.items() if v is not None})
+    typer.echo(f"ensemble folder: {train_folds(config, folds)}")

@@ -101,6 +101,9 @@ def load_inputs(
     trained = load_trained(run_dir, checkpoint_name=f"{checkpoint}.pt", map_location=torch_device)
     folder = trained.run_dir
     config = _read_config(folder)
+    members = getattr(trained, "members", None)
+    if not config and members:  # an ensemble folder: its members' settings (less the fold each one held)
+        config = {k: v for k, v in _read_config(members[0].run_dir).items() if k != "fold"}
     config_path = folder / "config.json" if folder is not None and config else None
     dataset = str(config.get("dataset") or trained.meta.get("dataset") or "")
     if not dataset:

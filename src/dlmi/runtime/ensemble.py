@@ -1,10 +1,11 @@
-"""An ensemble of joint networks (the K models of ``dlmi train joint --folds K``) as one joint network.
+"""An ensemble (the K models of ``dlmi train joint|classifier --folds K``) as one network of the same kind.
 
 :class:`JointEnsemble` averages its members' probabilities — softmax of the class logits, sigmoid of the mask
 logits — over the members and, with ``flip_tta``, over the image and its horizontal mirror (the mirrored
 mask flipped back). It returns the logits of those means, ``(seg_logits, class_logits)``, the interface of a
 single ``unet-mt``; so the gate, the threshold, evaluation, aided prediction and the exported
-``two_stage.onnx`` treat an ensemble exactly as one model.
+``two_stage.onnx`` treat an ensemble exactly as one model. :class:`ClassifierEnsemble` does the same for
+classifiers (the log of the mean softmax is its logits).
 
 An ensemble folder holds ``ensemble.json`` (its members' run folders relative to it, whether flip TTA is
 on, the post-processing chosen on the members' out-of-fold predictions) and the members' run folders.
@@ -58,6 +59,27 @@ class JointEnsemble(nn.Module):
         return torch.log(mask_mean) - torch.log1p(-mask_mean), torch.log(class_mean)
 
 
+class ClassifierEnsemble(nn.Module):
+    """The mean softmax of classifiers ``m(x) -> class_logits`` (and of mirrored views); returns its log."""
+
+    def __init__(self, members: Sequence[nn.Module], *, flip_tta: bool = True) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+        self.flip_tta = bool(flip_tta)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        views = [image, torch.flip(image, dims=[-1])] if self.flip_tta else [image]
+        total: torch.Tensor | None = None
+        for member in self.members:
+            for view in views:
+                probs = torch.softmax(member(view).float(), dim=1)
+                total = probs if total is None else total + probs
+        assert total is not None
+        return torch.log((total / float(len(self.members) * len(views))).clamp(_EPS, 1.0))
+
+
 @dataclass
 class TrainedEnsemble:
     """An ensemble folder loaded for use: the same attributes as :class:`dlmi.runtime.trained.Trained`."""
@@ -68,7 +90,9 @@ class TrainedEnsemble:
     run_dir: Path | None
     members: list[Any] = field(default_factory=list)
 
-    task = "joint"
+    @property
+    def task(self) -> str:
+        return str(self.meta["task"])
 
     @property
     def image_size(self) -> int:
@@ -114,9 +138,10 @@ def load_ensemble(folder: str | os.PathLike[str], *, checkpoint_name: str = "bes
                for m in manifest["members"]]
     first = members[0]
     for member in members:
-        if member.task != "joint":
-            raise DlmiError(f"{member.checkpoint}: ensemble members must be joint models, not {member.task}")
-        for key in ("image_size", "classes", "normal_class", "dataset"):
+        if member.task not in ("joint", "classification"):
+            raise DlmiError(f"{member.checkpoint}: ensemble members must be joint models or classifiers, "
+                            f"not {member.task} models")
+        for key in ("task", "image_size", "classes", "normal_class", "dataset"):
             if member.meta.get(key) != first.meta.get(key):
                 raise DlmiError(f"{member.checkpoint}: its {key} differs from {first.checkpoint}'s; "
                                 "an ensemble's members must agree")
@@ -132,6 +157,7 @@ def load_ensemble(folder: str | os.PathLike[str], *, checkpoint_name: str = "bes
     for key in ("min_lesion_pixels", "postprocess"):
         if key in manifest:
             meta[key] = manifest[key]
-    model = JointEnsemble([m.model for m in members], flip_tta=flip_tta).to(map_location).eval()
+    kind = JointEnsemble if first.task == "joint" else ClassifierEnsemble
+    model = kind([m.model for m in members], flip_tta=flip_tta).to(map_location).eval()
     return TrainedEnsemble(model=model, meta=meta, checkpoint=folder / MANIFEST, run_dir=folder,
                            members=members)

@@ -1,4 +1,4 @@
-"""Cross-validation ensembles: ``dlmi train joint --folds K`` trains one joint model per fold.
+"""Cross-validation ensembles: ``dlmi train joint|classifier --folds K`` trains one model per fold.
 
 The folder ``out`` gets ``split.json`` (the base split with its train and val sides re-dealt into K folds by
 :func:`dlmi.splits.split.with_folds`; the test side unchanged), ``fold-0`` … ``fold-{K-1}`` (ordinary run
@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from dlmi.atomic import write_json_atomic
 from dlmi.errors import DlmiError
-from dlmi.training.config import JOINT, TrainConfig
+from dlmi.training.config import CLASSIFICATION, JOINT, TrainConfig
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 MIN_LESION_FRACTIONS = (0.0, 0.0005, 0.001, 0.002, 0.004)  # of the image's pixels (8, 16, 33, 66 at 128²)
@@ -54,8 +54,10 @@ def train_folds(config: TrainConfig, folds: int, *, flip_tta: bool = True) -> Pa
     from dlmi.training.data import load_source, make_default_split, read_split
     from dlmi.training.runner import resume_training, train
 
-    if config.task != JOINT:
-        raise DlmiError(f"--folds trains an ensemble of joint models (task {JOINT!r}), not {config.task!r}")
+    if config.task not in (JOINT, CLASSIFICATION):
+        raise DlmiError(
+            f"--folds trains an ensemble of joint models or classifiers, not of {config.task} models"
+        )
     if folds < 2:
         raise DlmiError(f"--folds {folds}: an ensemble needs at least 2 folds")
     config = config.resolved()
@@ -89,12 +91,12 @@ def train_folds(config: TrainConfig, folds: int, *, flip_tta: bool = True) -> Pa
                 shutil.rmtree(run)  # a fold that never finished an epoch: start it again
             train(member)
         members.append(run.name)
-    choice = choose_postprocess(out, members, flip_tta=flip_tta, device=config.device)
-    write_json_atomic(out / "ensemble.json", {
-        "kind": "dlmi ensemble", "members": members, "flip_tta": flip_tta,
-        "threshold": choice["threshold"], "min_lesion_pixels": choice["min_lesion_pixels"],
-        "postprocess": choice,
-    })
+    manifest: dict[str, Any] = {"kind": "dlmi ensemble", "members": members, "flip_tta": flip_tta}
+    if config.task == JOINT:
+        choice = choose_postprocess(out, members, flip_tta=flip_tta, device=config.device)
+        manifest.update(threshold=choice["threshold"], min_lesion_pixels=choice["min_lesion_pixels"],
+                        postprocess=choice)
+    write_json_atomic(out / "ensemble.json", manifest)
     return out
 
 
