@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -25,6 +26,14 @@ class Sample:
     label: int
     image_path: Path | None = None
     mask_paths: tuple[Path, ...] = ()
+
+
+def normal_index(classes: Sequence[str], normal_class: str | None) -> int | None:
+    """Index of ``normal_class`` among ``classes``; ``None`` when there is no normal class (or ``classes``
+    lacks it). The one place the gate's class index is computed."""
+    if normal_class is None or normal_class not in classes:
+        return None
+    return list(classes).index(normal_class)
 
 
 @runtime_checkable
@@ -92,4 +101,4 @@ class FileDataset:
 
     @property
     def normal_index(self) -> int | None:
-        return self.classes.index(self.normal_class) if self.normal_class is not None else None
+        return normal_index(self.classes, self.normal_class)

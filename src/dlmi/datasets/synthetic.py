@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dlmi.datasets.base import Sample
+from dlmi.datasets.base import Sample, normal_index
 from dlmi.errors import DlmiError
 from dlmi.hookspecs import hookimpl
 
@@ -173,8 +173,8 @@ class SyntheticDataset:
         return image, mask
 
     @property
-    def normal_index(self) -> int:
-        return CLASSES.index(self.normal_class)
+    def normal_index(self) -> int | None:
+        return normal_index(CLASSES, self.normal_class)
 
 
 @hookimpl

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from dlmi.datasets.base import DatasetSource, Sample
 from dlmi.datasets.loader import resize_image, resize_mask
 from dlmi.errors import DlmiError
+from dlmi.runtime.device import resolve_device as resolve_device  # re-exported: its old home
 
 
 class EvalImages(Dataset):
@@ -71,17 +72,6 @@ class SidePredictions:
         out = self.masks.copy()
         out[self.gated] = False
         return out
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DlmiError(f"--device {device}: CUDA is not available on this machine")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise DlmiError(f"--device {device}: not a device name (auto, cpu, cuda or cuda:N)") from None
 
 
 def _logit(probability: float) -> float:

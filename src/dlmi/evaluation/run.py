@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from dlmi.atomic import write_json_atomic, write_text_atomic
-from dlmi.datasets.base import DatasetSource, Sample
+from dlmi.datasets.base import DatasetSource, Sample, normal_index
 from dlmi.errors import DlmiError
 from dlmi.evaluation.figures import PanelRow, confusion_matrix_png, panels_png
 from dlmi.evaluation.predict import SidePredictions, predict_side, resolve_device
@@ -52,8 +52,7 @@ class RunInputs:
 
     @property
     def normal_index(self) -> int | None:
-        normal = self.source.normal_class
-        return list(self.source.classes).index(normal) if normal is not None else None
+        return normal_index(self.source.classes, self.source.normal_class)
 
 
 def _read_config(run_dir: Path | None) -> dict[str, Any]:

@@ -81,14 +81,9 @@ def _scores(run_dir: Path, task: str) -> dict[str, Any]:
 
 def _timing(run_dir: Path) -> dict[str, Any]:
     timing = _read(run_dir / "reproduce-timing.json") or {}
-    rows = []
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.is_file():
-        for line in metrics.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
+    from dlmi.training.run_dir import RunFolder
+
+    rows = RunFolder(run_dir).read_metrics()
     best = [r["epoch"] for r in rows if r.get("best")]
     runtime = _read(run_dir / "runtime.json") or {}
     return {

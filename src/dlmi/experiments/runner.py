@@ -62,22 +62,11 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return rows
-
-
 def trained_epochs(run_dir: Path) -> int:
     """The last epoch recorded in the run's ``metrics.jsonl`` (0 when none)."""
-    rows = _metrics(run_dir)
+    from dlmi.training.run_dir import RunFolder
+
+    rows = RunFolder(run_dir).read_metrics()
     return int(rows[-1]["epoch"]) if rows else 0
 
 

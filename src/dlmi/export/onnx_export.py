@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from dlmi.atomic import write_atomic, write_json_atomic
+from dlmi.datasets.base import normal_index as class_index
 from dlmi.errors import DlmiError
 from dlmi.export.files import ALL_FILE_NAMES, file_name
 from dlmi.export.metadata import CLASSIFIER, SEGMENTER, TWO_STAGE, build_metadata, set_metadata
@@ -102,14 +103,14 @@ def load_source(path: str | os.PathLike[str], task: str) -> Source:
 
 
 def normal_index(classifier: Source) -> int:
-    normal = classifier.meta.get("normal_class")
     classes = list(classifier.meta.get("classes") or [])
-    if normal is None or normal not in classes:
+    index = class_index(classes, classifier.meta.get("normal_class"))
+    if index is None:
         raise DlmiError(
             f"{classifier.checkpoint}: the classifier has no normal class (classes {classes}), "
             "so it cannot gate the U-Net in two_stage.onnx"
         )
-    return classes.index(normal)
+    return index
 
 
 @dataclass

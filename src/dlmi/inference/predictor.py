@@ -8,7 +8,6 @@ their outputs agree to float rounding.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -18,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from dlmi.datasets.base import normal_index
+from dlmi.digest import file_digest as file_digest  # re-exported: its old home
 from dlmi.errors import DlmiError
 from dlmi.inference.providers import open_session, torch_device
 
@@ -37,18 +38,7 @@ class ModelInfo:
 
     @property
     def normal_index(self) -> int | None:
-        if self.normal_class is None or self.normal_class not in self.classes:
-            return None
-        return self.classes.index(self.normal_class)
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return normal_index(self.classes, self.normal_class)
 
 
 class Predictor(ABC):

@@ -75,10 +75,10 @@ def wants_cuda(choice: str, backend: str = "onnx") -> bool:
 
 
 def torch_device(choice: str) -> torch.device:
-    """The PyTorch device for a provider choice."""
-    import torch
+    """The PyTorch device for a provider choice (:func:`dlmi.runtime.device.resolve_device`)."""
+    from dlmi.runtime.device import resolve_device
 
-    return torch.device("cuda" if wants_cuda(choice, backend="torch") else "cpu")
+    return resolve_device(_check_choice(choice), option="--provider")
 
 
 def session_options(threads: int | None = None, *, spin: bool = False):  # -> onnxruntime.SessionOptions

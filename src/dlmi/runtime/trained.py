@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dlmi.datasets.base import normal_index
 from dlmi.errors import DlmiError
 from dlmi.training.checkpoint import load_checkpoint
 
@@ -50,9 +51,7 @@ class Trained:
     @property
     def normal_index(self) -> int | None:
         """Index of the normal class (classifiers of a dataset with a normal class), else ``None``."""
-        normal = self.meta.get("normal_class")
-        classes = self.classes
-        return classes.index(normal) if normal is not None and normal in classes else None
+        return normal_index(self.classes, self.meta.get("normal_class"))
 
     @property
     def threshold(self) -> float:

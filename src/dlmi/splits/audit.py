@@ -21,9 +21,10 @@ import numpy as np
 from PIL import Image
 
 from dlmi.datasets.base import DatasetSource, FileDataset, Sample
+from dlmi.digest import file_digest
 from dlmi.errors import DlmiError
 from dlmi.imageio import image_size, read_mask
-from dlmi.splits.cache import CachedHashes, HashCache, file_digest, pixel_digest
+from dlmi.splits.cache import CachedHashes, HashCache, pixel_digest
 from dlmi.splits.hashing import (
     DEFAULT_THRESHOLD,
     HASH_BITS,

@@ -31,15 +31,6 @@ def cache_root() -> Path:
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "dlmi"
 
 
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file's bytes, as hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def pixel_digest(image: np.ndarray) -> str:
     """SHA-256 of a grey image's shape and pixels: equal for pixel-identical images in any file format."""
     digest = hashlib.sha256(f"{image.shape[0]}x{image.shape[1]}:".encode())

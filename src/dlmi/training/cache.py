@@ -32,6 +32,7 @@ import numpy as np
 from dlmi.atomic import write_atomic
 from dlmi.datasets.base import DatasetSource, Sample
 from dlmi.datasets.loader import ImageDataset, resize_image, resize_mask
+from dlmi.digest import file_digest
 
 DISK_FORMAT = "v1"
 MEMORY_SHARE = 0.25  # of physical memory, for ``auto``
@@ -94,11 +95,7 @@ class ResizedDiskCache:
         memo = (str(path), stat.st_size, stat.st_mtime_ns)
         digest = self._digests.get(memo)
         if digest is None:
-            hasher = hashlib.sha256()
-            with open(path, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    hasher.update(block)
-            digest = self._digests[memo] = hasher.hexdigest()
+            digest = self._digests[memo] = file_digest(path)
         return digest
 
     def key(self, source: DatasetSource, sample: Sample, image_size: int) -> str | None:

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 from dlmi.errors import DlmiError
+from dlmi.runtime.device import resolve_device as resolve_one_device
 
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -76,17 +77,13 @@ def launch_context() -> DistributedContext:
 
 
 def resolve_device(name: str, context: DistributedContext = SINGLE_PROCESS) -> torch.device:
-    """The device of ``--device name``: ``auto`` is the GPU when there is one, else the CPU.
-
-    Under torchrun each process takes the GPU of its ``LOCAL_RANK``; asking for an absent GPU is an error.
+    """The device of ``--device name`` (:func:`dlmi.runtime.device.resolve_device`), and under torchrun
+    the GPU of this process's ``LOCAL_RANK``: there ``cuda:N`` is an error, the rank chooses N.
     """
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DlmiError(f"--device {name}: no CUDA GPU is available here (use --device cpu or auto)")
-    if not context.enabled or name == "cpu":
-        return torch.device(name)
-    if name != "cuda":
+    device = resolve_one_device(name)
+    if not context.enabled or device.type == "cpu":
+        return device
+    if device.type != "cuda" or device.index is not None:
         raise DlmiError(f"--device {name}: under torchrun each process uses the GPU of its LOCAL_RANK; "
                         "use --device cuda (or auto), and CUDA_VISIBLE_DEVICES to choose the GPUs")
     if context.local_rank >= torch.cuda.device_count():

@@ -13,6 +13,31 @@ from dlmi.errors import DlmiError
 from dlmi.runtime.trained import BEST_CHECKPOINT, LAST_CHECKPOINT
 
 
+def read_metrics_log(path: Path) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl`` (``[]`` when there is none), one per logged epoch.
+
+    Lines are appended and fsynced one at a time, so a kill can only cut the last line short: an unreadable
+    last line is dropped (resuming rewrites the log without it). An unreadable line anywhere else, or a row
+    without an integer ``epoch``, is not a dlmi log and is an error.
+    """
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break  # torn by a kill
+            raise DlmiError(f"{path}: line {number} is not JSON (only the last line can be cut short)") \
+                from None
+        if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+            raise DlmiError(f"{path}: line {number} is not an epoch's row (an object with an integer epoch)")
+        rows.append(row)
+    return rows
+
+
 @dataclass(frozen=True)
 class RunFolder:
     """Paths inside one run folder."""
@@ -69,18 +94,8 @@ class RunFolder:
         self.path.mkdir(parents=True, exist_ok=True)
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        """The logged epochs, skipping a line cut short by a crash."""
-        if not self.metrics.is_file():
-            return []
-        rows = []
-        for line in self.metrics.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and isinstance(row.get("epoch"), int):
-                rows.append(row)
-        return rows
+        """The logged epochs (:func:`read_metrics_log`: a last line cut short by a kill is dropped)."""
+        return read_metrics_log(self.metrics)
 
     def truncate_metrics(self, up_to_epoch: int) -> list[dict[str, Any]]:
         """Keep one line per epoch up to ``up_to_epoch`` (the last written wins); rewrite atomically."""

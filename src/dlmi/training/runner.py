@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from dlmi.atomic import write_json_atomic
+from dlmi.datasets.base import normal_index
 from dlmi.datasets.loader import ImageDataset
 from dlmi.errors import DlmiError
 from dlmi.runtime.trained import build_meta, build_model
@@ -245,14 +246,14 @@ def _build_steps(config: TrainConfig, data: RunData, gate: ClassifierGate | None
         if config.class_balance == "weights":
             weight = class_weights(data.samples["train"], len(data.classes))
         loss = classification_loss(str(config.loss), weight).to(device)
-        normal = data.classes.index(data.normal_class) if data.normal_class in data.classes else None
+        normal = normal_index(data.classes, data.normal_class)
         return ClassificationSteps(loss, normal_index=normal)
     from dlmi.plugins import create_loss
 
     if config.task == JOINT:
         from dlmi.training.joint import JointSteps
 
-        normal = data.classes.index(data.normal_class) if data.normal_class in data.classes else None
+        normal = normal_index(data.classes, data.normal_class)
         return JointSteps(create_loss(str(config.loss)).to(device), normal, class_weight=config.class_weight,
                           deep_supervision=config.deep_supervision)
     return SegmentationSteps(create_loss(str(config.loss)).to(device), gate=gate)
