@@ -112,8 +112,9 @@ class OnnxPredictor(Predictor):
             if not path.is_file():
                 mode = ("--aided --tile" if tile else "--aided") if aided else "prediction without --aided"
                 sources = "--classifier RUN --segmenter RUN" if aided else "--segmenter RUN"
+                flag = {"fp16": " --fp16", "int8": " --int8"}.get(precision, "")
                 raise DlmiError(
-                    f"{path}: not found; {mode} needs it (write it with `dlmi export onnx {sources}`)"
+                    f"{path}: not found; {mode} needs it (write it with `dlmi export onnx {sources}{flag}`)"
                 )
         checked = {kind: read_checked_metadata(path, kind) for kind, path in self.paths.items()}
         with_classes = [c for c in checked.values() if c.classes]
@@ -276,9 +277,13 @@ def open_predictor(
     tile: bool = False,
     threads: int | None = None,
     fp16: bool = False,
+    int8: bool = False,
 ) -> Predictor:
-    """A predictor for ``models``: one export folder (``onnx``; its ``*_fp16.onnx`` files with ``fp16``), or
-    run folders / checkpoints / an export folder whose ``export.json`` names its checkpoints (``torch``)."""
+    """A predictor for ``models``: one export folder (``onnx``; its ``*_fp16.onnx`` files with ``fp16``, its
+    ``*_int8.onnx`` files with ``int8``), or run folders / checkpoints / an export folder whose
+    ``export.json`` names its checkpoints (``torch``)."""
+    if fp16 and int8:
+        raise DlmiError("--fp16 and --int8 choose different files: give one of them")
     if backend not in BACKENDS:
         raise DlmiError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
     models = list(models) or ["exported"]
@@ -286,7 +291,8 @@ def open_predictor(
         if len(models) != 1:
             raise DlmiError(f"--backend onnx takes one --models folder (the export's), got {len(models)}")
         return OnnxPredictor(models[0], provider=provider, aided=aided, tile=tile, threads=threads,
-                             precision="fp16" if fp16 else "fp32")
-    if fp16:
-        raise DlmiError("--fp16 runs the exported *_fp16.onnx files: it needs --backend onnx")
+                             precision="fp16" if fp16 else "int8" if int8 else "fp32")
+    if fp16 or int8:
+        flag = "--fp16" if fp16 else "--int8"
+        raise DlmiError(f"{flag} runs the exported *_{flag[2:]}.onnx files: it needs --backend onnx")
     return TorchPredictor(models, provider=provider, aided=aided, threads=threads)
