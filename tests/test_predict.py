@@ -95,10 +95,11 @@ def test_cli_predict_aided_over_a_mixed_folder(cli, exported, scans, tmp_path):
     for name, row in rows.items():
         source = scans / name
         width, height = Image.open(source).size
-        mask = np.asarray(Image.open(out / row["mask"]))
-        assert mask.shape == (height, width) and set(np.unique(mask)) <= {0, 255}
+        mask_file = Image.open(out / row["mask"])
+        mask = np.asarray(mask_file.convert("L"))
+        assert mask_file.mode == "1" and mask.shape == (height, width) and set(np.unique(mask)) <= {0, 255}
         overlay = Image.open(out / row["overlay"])
-        assert overlay.mode == "RGB" and overlay.size == (width, height)
+        assert overlay.mode == "P" and overlay.size == (width, height)
         assert int(row["lesion_pixels"]) == int((mask == 255).sum())
         assert float(row["lesion_fraction"]) == pytest.approx(int(row["lesion_pixels"]) / (width * height),
                                                               abs=1e-6)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -9,8 +13,51 @@ import typer
 EXIT_SKIPPED = 1  # some input files could not be predicted; 2 (a DlmiError) is a usage/model/output error
 
 
+@contextmanager
+def progress_display(
+    terminal: bool,
+) -> Iterator[tuple[Callable[[str], None], Callable[[int, int, int], None] | None]]:
+    """(log, progress) for :func:`predict_folder`: on a terminal a rich progress bar on stderr (images/s,
+    time left, failures so far) with messages printed above it; otherwise plain lines (``None`` progress:
+    the library's line every 100 images)."""
+    if not terminal:
+        yield (lambda message: typer.echo(f"dlmi: {message}", err=True)), None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    console = Console(stderr=True)
+    bar = Progress(
+        TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+        TextColumn("{task.fields[rate]} images/s"), TextColumn("{task.fields[left]}"), TimeRemainingColumn(),
+        TextColumn("{task.fields[failed]}"), console=console, transient=False,
+    )
+    task = bar.add_task("predict", total=None, rate="-", failed="", left="left")
+    started = time.perf_counter()
+
+    def log(message: str) -> None:
+        bar.console.print(f"dlmi: {message}", markup=False, highlight=False)
+
+    def progress(done: int, failed: int, total: int) -> None:
+        elapsed = max(time.perf_counter() - started, 1e-6)
+        bar.update(task, total=total, completed=done + failed, rate=f"{done / elapsed:.1f}",
+                   failed=f"{failed} skipped" if failed else "")
+
+    with bar:
+        yield log, progress
+
+
 def predict_command(
-    folder: Path = typer.Argument(..., help="Folder of images, searched recursively (png/jpg/jpeg/bmp/tif)."),
+    folder: Path = typer.Argument(
+        ..., help="Folder of images, searched recursively (png/jpg/jpeg/bmp/tif, DICOM)."
+    ),
     aided: bool = typer.Option(
         False, "--aided", help="Two-stage: the classifier's 'normal' empties the mask."
     ),
@@ -30,16 +77,19 @@ def predict_command(
         False, "--tile", help="Segment at full resolution in overlapping tiles of the model's size, blended."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo images already predicted in OUT."),
-    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads (0: the runtime's default)."),
+    threads: int = typer.Option(
+        0, "--threads", min=0, help="CPU threads for the model, and for each of the reading and writing "
+                                    "pools (0: onnxruntime's default; min(4, cores) readers and writers)."
+    ),
     fp16: bool = typer.Option(
         False, "--fp16", help="Run the *_fp16.onnx files (from export --fp16; for GPUs)."
-    ),
-    int8: bool = typer.Option(
-        False, "--int8", help="Run the *_int8.onnx files (from export --int8; quantized, for CPUs)."
     ),
     exclude: list[str] | None = typer.Option(
         None, "--exclude", help="Leave out files whose name or path matches this glob, e.g. '*_mask*' "
                                 "(repeatable)."
+    ),
+    overlays: bool = typer.Option(
+        True, "--overlays/--no-overlays", help="Also write an overlay PNG per image (lesion in red)."
     ),
 ) -> None:
     """Predict a lesion mask for every image under FOLDER: a mask PNG at the image's size, an overlay
@@ -59,17 +109,19 @@ def predict_command(
     from dlmi.inference.predictor import open_predictor
 
     predictor = open_predictor(models or [], backend=backend, provider=provider, aided=aided, tile=tile,
-                               threads=threads or None, fp16=fp16, int8=int8)
+                               threads=threads or None, fp16=fp16)
     typer.echo(f"running on: {predictor.running_on}")
     settings = PredictSettings(aided=aided, tile=tile, threshold=threshold, batch_size=batch_size,
-                               overwrite=overwrite, exclude=tuple(exclude or ()))
-    summary = predict_folder(folder, out, predictor, settings,
-                             log=lambda message: typer.echo(f"dlmi: {message}", err=True))
+                               overwrite=overwrite, exclude=tuple(exclude or ()), overlays=overlays,
+                               threads=threads or None)
+    with progress_display(sys.stderr.isatty()) as (log, progress):
+        summary = predict_folder(folder, out, predictor, settings, log=log, progress=progress)
     typer.echo(
         f"{summary.total} images: {summary.predicted} predicted, {summary.skipped} already done, "
         f"{len(summary.failed)} skipped"
     )
-    folders = "" if summary.mode == "classifier" else f"{summary.out}/masks, {summary.out}/overlays, "
+    folders = "" if summary.mode == "classifier" else f"{summary.out}/masks, " + (
+        f"{summary.out}/overlays, " if overlays else "")
     typer.echo(f"outputs: {folders}{summary.csv}, {summary.json}")
     if summary.failed:
         raise typer.Exit(EXIT_SKIPPED)

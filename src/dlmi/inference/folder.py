@@ -1,11 +1,18 @@
-"""``dlmi predict``'s loop: every image under a folder through a predictor, streamed in bounded batches.
+"""``dlmi predict``'s loop: every image under a folder through a predictor, in a pipeline of threads.
 
-Memory stays flat however many images there are: files are listed as paths, read one batch ahead on a
-background thread (so decoding overlaps inference), and each image's outputs are written and logged as
-soon as its batch is done. An unreadable file (or a symbolic link to nothing) is reported with its cause
-and skipped; the others complete. A re-run skips the images already in ``progress.jsonl`` when their
-source file and the models are unchanged (unless ``overwrite``). When an output cannot be written, the run
-stops with one line, after writing the tables of the images that were done.
+Decoding, inference and writing overlap: a pool of reader threads decodes and preprocesses the next images,
+the calling thread runs the model on a batch, and a pool of writer threads resizes each probability map back,
+thresholds it and writes the mask (a 1-bit PNG) and the overlay (a palette PNG), both at zlib level 1.
+Pillow, zlib and onnxruntime release the GIL, so the stages run side by side on several cores. Memory stays
+bounded: at most two batches are read ahead and two batches wait to be written, however many files there are.
+
+DICOM files (``.dcm``, or without a suffix and carrying the DICOM marker) are read through :mod:`dlmi.dicom`;
+a multi-frame file (ultrasound cine) is predicted frame by frame, one record per frame with its number and the
+SOP Instance / Series Instance UIDs (no patient identifier is read into a record). A file that cannot be read
+(or decoded: a compressed transfer syntax with no decoder here) is reported with its cause and skipped; the
+others complete. A re-run skips the images already in ``progress.jsonl`` when their source file and the
+models are unchanged (unless ``overwrite``). When an output cannot be written, the run stops with one line,
+after writing the tables of the images that were done.
 
 Three modes, from the models given: ``aided`` (classifier gate + segmenter), ``segmenter`` (masks only) and
 ``classifier`` (a classifier alone: the class and probabilities, no masks).
@@ -14,23 +21,26 @@ Three modes, from the models given: ``aided`` (classifier gate + segmenter), ``s
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
+from dlmi.dicom import dicom_references, is_dicom_file, read_dicom_grey, read_header
 from dlmi.errors import DlmiError
-from dlmi.imageio import read_grey
+from dlmi.imageio import PIL_SUFFIXES, read_grey
 from dlmi.inference.discovery import scan_images
 from dlmi.inference.outputs import (
     CLASSIFY_MODE,
     OutputWriteError,
     ProgressLog,
     check_unique_outputs,
-    output_stems,
+    frame_stem,
+    record_key,
     remove_orphan_temporaries,
     source_identity,
     write_image_outputs,
@@ -56,6 +66,11 @@ class PredictSettings:
     batch_size: int = 8
     overwrite: bool = False
     exclude: tuple[str, ...] = ()
+    overlays: bool = True
+    threads: int | None = None  # reader and writer threads each (None: min(4, CPU cores))
+
+    def workers(self) -> int:
+        return max(1, int(self.threads)) if self.threads else max(1, min(4, os.cpu_count() or 1))
 
 
 @dataclass
@@ -73,27 +88,79 @@ class PredictSummary:
     mode: str = SEGMENTER_MODE
 
 
+@dataclass(frozen=True)
+class Unit:
+    """One image to predict: a file, or one frame of a DICOM file (``frame`` 1-based, with its UIDs)."""
+
+    file: PurePosixPath
+    frame: int | None = None
+    frames: int = 1
+    sop_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+
+    @property
+    def key(self) -> str:
+        return record_key(str(self.file), self.frame)
+
+    @property
+    def stem(self) -> str:
+        return frame_stem(self.file, self.frame, self.frames)
+
+    def label(self) -> str:
+        return str(self.file) if self.frame is None or self.frames <= 1 else f"{self.file} frame {self.frame}"
+
+
 @dataclass
 class Loaded:
     """One image read from disk (or why it could not be), with the identity of the file it came from."""
 
-    file: PurePosixPath
+    unit: Unit
     grey: np.ndarray | None = None
     input: np.ndarray | None = None
     source: dict[str, Any] | None = None
     error: str | None = None
 
+    @property
+    def file(self) -> PurePosixPath:
+        return self.unit.file
 
-def _load(folder: Path, file: PurePosixPath, size: int | None) -> Loaded:
-    path = folder / file
+
+def _is_dicom(path: Path) -> bool:
+    return path.suffix.lower() not in PIL_SUFFIXES and is_dicom_file(path)
+
+
+def _load(folder: Path, unit: Unit, size: int | None) -> Loaded:
+    path = folder / unit.file
     try:
         source = source_identity(path)  # before reading: a file changed meanwhile is redone next time
-        grey = read_grey(path)
+        if unit.frame is not None:
+            grey = read_dicom_grey(path, frame=unit.frame if unit.frames > 1 else None)
+        else:
+            grey = read_grey(path)
     except DlmiError as exc:
-        return Loaded(file, error=str(exc))
+        return Loaded(unit, error=str(exc))
     except Exception as exc:  # e.g. a decompression bomb: name the file and the cause, go on
-        return Loaded(file, error=f"{path}: cannot read image ({type(exc).__name__}: {exc})")
-    return Loaded(file, grey=grey, input=model_input(grey, size) if size else None, source=source)
+        return Loaded(unit, error=f"{path}: cannot read image ({type(exc).__name__}: {exc})")
+    return Loaded(unit, grey=grey, input=model_input(grey, size) if size else None, source=source)
+
+
+def _units_of(folder: Path, file: PurePosixPath) -> list[Unit] | str:
+    """The units of one file: itself, or one per frame of a DICOM file (its header read, its transfer
+    syntax checked); a one-line reason instead when the DICOM file cannot be read or decoded here."""
+    path = folder / file
+    try:
+        if not _is_dicom(path):
+            return [Unit(file)]
+        from dlmi.dicom import check_decodable
+
+        check_decodable(path, read_header(path))
+        references = dicom_references(path)
+    except DlmiError as exc:
+        return str(exc)
+    except Exception as exc:
+        return f"{path}: cannot read DICOM header ({type(exc).__name__}: {exc})"
+    return [Unit(file, frame=r.frame, frames=r.frames, sop_instance_uid=r.sop_instance_uid or None,
+                 series_instance_uid=r.series_instance_uid or None) for r in references]
 
 
 def choose_mode(predictor: Predictor, settings: PredictSettings) -> str:
@@ -144,7 +211,6 @@ class _Run:
         self.normal_index = info.normal_index
         self.threshold = float(settings.threshold if settings.threshold is not None else info.threshold)
         self.failed: list[dict[str, str]] = []
-        self.stems: dict[PurePosixPath, str] = {}
         self.progress: ProgressLog | None = None
         self._settings: dict[str, Any] | None = None
 
@@ -156,17 +222,25 @@ class _Run:
                               **self.predictor.fingerprint()}
         return self._settings
 
-    def stem(self, file: PurePosixPath) -> str | None:
-        """The output path stem of ``file``; ``None`` where nothing but the tables is written."""
-        return None if self.mode == CLASSIFY_MODE else self.stems[file]
+    def stem(self, unit: Unit) -> str | None:
+        """The output path stem of ``unit``; ``None`` where nothing but the tables is written."""
+        return None if self.mode == CLASSIFY_MODE else unit.stem
 
-    def fail(self, file: PurePosixPath, error: str) -> None:
-        self.failed.append({"file": str(file), "error": error})
+    def fail(self, unit: Unit | PurePosixPath, error: str) -> None:
+        entry = {"file": str(unit.file if isinstance(unit, Unit) else unit), "error": error}
+        if isinstance(unit, Unit) and unit.frame is not None and unit.frames > 1:
+            entry["frame"] = unit.frame
+        self.failed.append(entry)
         self.log(f"skipped {error}")
 
     def classified(self, item: Loaded, class_probs: np.ndarray | None,
                    gated: bool | None) -> dict[str, Any]:
-        record: dict[str, Any] = {"file": str(item.file), "class": None, "probabilities": None, "gated": None}
+        unit = item.unit
+        record: dict[str, Any] = {"file": str(unit.file)}
+        if unit.frame is not None:  # DICOM: which frame, and the UIDs (never a patient identifier)
+            record.update(frame=unit.frame, frames=unit.frames, sop_instance_uid=unit.sop_instance_uid,
+                          series_instance_uid=unit.series_instance_uid)
+        record.update({"class": None, "probabilities": None, "gated": None})
         if class_probs is not None:
             record["class"] = self.classes[int(np.argmax(class_probs))]
             record["probabilities"] = {c: round(float(p), 6) for c, p in zip(self.classes, class_probs,
@@ -181,7 +255,8 @@ class _Run:
         if mask is None:
             record.update(mask=None, overlay=None)
         else:
-            masks, overlays = write_image_outputs(self.out, self.stems[item.file], item.grey, mask)
+            masks, overlays = write_image_outputs(self.out, item.unit.stem, item.grey, mask,
+                                                  overlays=self.settings.overlays)
             height, width = mask.shape
             pixels = int(mask.sum())
             record.update(lesion_pixels=pixels, lesion_fraction=pixels / float(height * width),
@@ -189,32 +264,38 @@ class _Run:
         record["source"] = item.source
         return record
 
-    def classified_batch(self, items: Sequence[Loaded]) -> list[dict[str, Any]]:
+    def classified_batch(self, items: Sequence[Loaded]) -> list[Callable[[], dict[str, Any]]]:
         """The classifier alone: class and probabilities, no masks."""
         info = self.predictor.info
         assert info.classifier_size is not None
         inputs = np.stack([model_input(item.grey, info.classifier_size) for item in items])
         class_probs = self.predictor.classify(inputs)
-        return [self.record(item, None, class_probs[j], None) for j, item in enumerate(items)]
+        return [_job(self.record, item, None, class_probs[j], None) for j, item in enumerate(items)]
 
-    def resized_batch(self, items: Sequence[Loaded]) -> list[dict[str, Any]]:
-        """Images resized to the segmenter's size; masks resized back (bilinear probabilities, cut)."""
+    def resized_batch(self, items: Sequence[Loaded]) -> list[Callable[[], dict[str, Any]]]:
+        """Images resized to the segmenter's size; the writers resize the masks back (bilinear
+        probabilities, cut at the threshold)."""
         batch = np.stack([item.input for item in items])
         if self.mode == AIDED_MODE:
             class_probs, mask_probs, gated = self.predictor.two_stage(batch)
         else:
             mask_probs = self.predictor.segment(batch)
             class_probs, gated = None, None
-        records = []
-        for j, item in enumerate(items):
-            assert item.grey is not None
-            height, width = item.grey.shape
-            mask = resize_probabilities(mask_probs[j, 0], height, width) > self.threshold
-            records.append(self.record(item, mask, None if class_probs is None else class_probs[j],
-                                       None if gated is None else bool(gated[j])))
-        return records
+        return [_job(self.finish_resized, item, mask_probs[j, 0],
+                     None if class_probs is None else class_probs[j],
+                     None if gated is None else bool(gated[j])) for j, item in enumerate(items)]
 
-    def tiled_batch(self, items: Sequence[Loaded]) -> list[dict[str, Any]]:
+    def finish_resized(self, item: Loaded, probs: np.ndarray, class_probs: np.ndarray | None,
+                       gated: bool | None) -> dict[str, Any]:
+        assert item.grey is not None
+        height, width = item.grey.shape
+        if gated:  # the gate emptied the mask: nothing to resize
+            mask = np.zeros((height, width), dtype=bool)
+        else:
+            mask = resize_probabilities(probs, height, width) > self.threshold
+        return self.record(item, mask, class_probs, gated)
+
+    def tiled_batch(self, items: Sequence[Loaded]) -> list[Callable[[], dict[str, Any]]]:
         """Each image segmented tile by tile at its own resolution; the classifier sees the whole image."""
         info = self.predictor.info
         class_probs = gated = None
@@ -232,45 +313,70 @@ class _Run:
                 probs = segment_tiled(as_float(item.grey), self.predictor.segment, info.segmenter_size,
                                       batch_size=self.settings.batch_size)
                 mask = probs > self.threshold
-            records.append(self.record(item, mask, None if class_probs is None else class_probs[j],
-                                       None if gated is None else bool(gated[j])))
+            records.append(_job(self.record, item, mask, None if class_probs is None else class_probs[j],
+                                None if gated is None else bool(gated[j])))
         return records
 
-    def process(self, loaded: Sequence[Loaded]) -> int:
-        good = []
-        for item in loaded:
-            if item.error is not None:
-                self.fail(item.file, item.error)
-            else:
-                good.append(item)
-        if not good:
-            return 0
+    def infer(self, items: Sequence[Loaded]) -> list[Callable[[], dict[str, Any]]]:
+        """Run the model on a batch of read images; what is left for each (resize back, write) as a job."""
         if self.mode == CLASSIFY_MODE:
-            records = self.classified_batch(good)
-        else:
-            records = self.tiled_batch(good) if self.settings.tile else self.resized_batch(good)
+            return self.classified_batch(items)
+        return self.tiled_batch(items) if self.settings.tile else self.resized_batch(items)
+
+    def finished_records(self, units: Sequence[Unit]) -> list[dict[str, Any]]:
         assert self.progress is not None
-        self.progress.append(records)
-        return len(records)
-
-    def finished_records(self, files: Sequence[PurePosixPath]) -> list[dict[str, Any]]:
-        assert self.progress is not None
-        return [self.progress.records[str(f)] for f in files if str(f) in self.progress.records]
+        return [self.progress.records[u.key] for u in units if u.key in self.progress.records]
 
 
-def _pending(run: _Run, files: Sequence[PurePosixPath]) -> list[PurePosixPath]:
-    """The files not done yet: no record, a record of another source file, or outputs gone."""
+def _job(function: Callable[..., dict[str, Any]], *args: Any) -> Callable[[], dict[str, Any]]:
+    return lambda: function(*args)
+
+
+def _pending(run: _Run, units: Sequence[Unit]) -> list[Unit]:
+    """The units not done yet: no record, a record of another source file, or outputs gone."""
     assert run.progress is not None
     pending = []
-    for f in files:
-        try:
-            source = source_identity(run.folder / f)
-        except OSError:
-            pending.append(f)  # gone or unreadable now: reading it will say why
-            continue
-        if not run.progress.is_done(str(f), run.out, source=source, stem=run.stem(f)):
-            pending.append(f)
+    sources: dict[PurePosixPath, dict[str, Any] | None] = {}
+    for unit in units:
+        if unit.file not in sources:
+            try:
+                sources[unit.file] = source_identity(run.folder / unit.file)
+            except OSError:
+                sources[unit.file] = None  # gone or unreadable now: reading it will say why
+        source = sources[unit.file]
+        if source is None or not run.progress.is_done(unit.key, run.out, source=source, stem=run.stem(unit),
+                                                      overlays=run.settings.overlays):
+            pending.append(unit)
     return pending
+
+
+ProgressCallback = Callable[[int, int, int], None]
+"""Called as images finish: (images done in this run, images skipped so far, images to do in this run)."""
+
+
+def _plain_progress(log: Callable[[str], None]) -> ProgressCallback:
+    """A line every ``PROGRESS_EVERY`` images: what a log file or a pipe gets."""
+    state = {"next": PROGRESS_EVERY}
+
+    def report(done: int, failed: int, total: int) -> None:
+        if done + failed >= state["next"]:
+            state["next"] = (done + failed) // PROGRESS_EVERY * PROGRESS_EVERY + PROGRESS_EVERY
+            skipped = f", {failed} skipped" if failed else ""
+            log(f"{done + failed} of {total} images done{skipped}")
+
+    return report
+
+
+def _read_ahead(reader: ThreadPoolExecutor, folder: Path, units: Sequence[Unit], size: int | None,
+                window: int) -> Iterator[Loaded]:
+    """Each unit read on the reader pool, in order, with at most ``window`` reads in flight."""
+    queue: deque[Future[Loaded]] = deque()
+    position = 0
+    while queue or position < len(units):
+        while position < len(units) and len(queue) < window:
+            queue.append(reader.submit(_load, folder, units[position], size))
+            position += 1
+        yield queue.popleft().result()
 
 
 def predict_folder(
@@ -280,8 +386,11 @@ def predict_folder(
     settings: PredictSettings | None = None,
     *,
     log: Callable[[str], None] = print,
+    progress: ProgressCallback | None = None,
 ) -> PredictSummary:
-    """Predict every image under ``folder`` into ``out``; see :mod:`dlmi.inference.outputs` for the layout."""
+    """Predict every image under ``folder`` into ``out``; see :mod:`dlmi.inference.outputs` for the layout.
+
+    ``progress`` is called as images finish (default: a line through ``log`` every 100 images)."""
     settings = settings or PredictSettings()
     folder, out = Path(folder), Path(out)
     _check(settings, folder, out)
@@ -291,7 +400,7 @@ def predict_folder(
         log(f"left out {folder / earlier}: it holds an earlier dlmi predict output")
     files = listing.files
     if not files and not listing.broken_links:
-        raise DlmiError(f"{folder}: no images (png, jpg, jpeg, bmp, tif) under this folder")
+        raise DlmiError(f"{folder}: no images (png, jpg, jpeg, bmp, tif, dcm) under this folder")
     prepare_output(out)
     removed = remove_orphan_temporaries(out)
     if removed:
@@ -300,47 +409,76 @@ def predict_folder(
     run = _Run(folder, out, predictor, settings, mode, log)
     for link in listing.broken_links:
         run.fail(link, f"{folder / link}: a symbolic link to a file that does not exist")
-    run.stems = output_stems(files)
+    workers = settings.workers()
+    units: list[Unit] = []
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dlmi-scan") as scanner:
+        for file, found in zip(files, scanner.map(lambda f: _units_of(folder, f), files), strict=True):
+            if isinstance(found, str):
+                run.fail(file, found)
+            else:
+                units += found
     run.progress = ProgressLog(out, run.run_settings(), overwrite=settings.overwrite)
     if run.progress.changed:
         log(f"{run.progress.path}: the earlier predictions in {out} were made with other settings "
             f"(changed: {', '.join(run.progress.changed)}); predicting every image again")
-    pending = _pending(run, files)
-    skipped = len(files) - len(pending)
+    pending = _pending(run, units)
+    skipped = len(units) - len(pending)
     if skipped:
-        log(f"{skipped} of {len(files)} images already done in {out} (use --overwrite to redo them)")
+        log(f"{skipped} of {len(units)} images already done in {out} (use --overwrite to redo them)")
     size = None if (settings.tile or mode == CLASSIFY_MODE) else predictor.info.segmenter_size
+    report = progress or _plain_progress(log)
+    failed_before = len(run.failed)
     step = settings.batch_size
-    batches = [pending[i:i + step] for i in range(0, len(pending), step)]
-
-    def read(batch: Sequence[PurePosixPath]) -> list[Loaded]:
-        return [_load(folder, f, size) for f in batch]
-
     predicted = 0
-    next_report = PROGRESS_EVERY
-    try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlmi-read") as reader:
-            future = reader.submit(read, batches[0]) if batches else None
-            for i in range(len(batches)):
-                assert future is not None
-                loaded = future.result()
-                future = reader.submit(read, batches[i + 1]) if i + 1 < len(batches) else None
-                predicted += run.process(loaded)
-                if predicted >= next_report:
-                    log(f"{predicted + len(run.failed)} of {len(pending)} images done")
-                    next_report += PROGRESS_EVERY
-    except OutputWriteError as exc:
-        done = run.finished_records(files)
-        try:
-            csv_path, _ = write_tables(out, done, classes=run.classes, settings=run.run_settings(),
-                                       failed=run.failed)
-            saved = f"the {len(done)} images done are in {csv_path}"
-        except OutputWriteError:
-            saved = f"the {len(done)} images done are in {run.progress.path}"
-        raise DlmiError(f"{exc}; stopped: {saved}; fix the cause and re-run to continue") from exc
+    writes: deque[Future[dict[str, Any]]] = deque()
 
-    csv_path, json_path = write_tables(out, run.finished_records(files), classes=run.classes,
+    def drain(keep: int) -> None:
+        """Log the finished writes in order until at most ``keep`` are in flight."""
+        nonlocal predicted
+        done = []
+        try:
+            while writes and (len(writes) > keep or writes[0].done()):
+                done.append(writes.popleft().result())
+        finally:  # a write that failed stops the run; the ones before it are logged first
+            if done:
+                assert run.progress is not None
+                run.progress.append(done)
+                predicted += len(done)
+                report(predicted, len(run.failed) - failed_before, len(pending))
+
+    reader = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dlmi-read")
+    writer = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dlmi-write")
+    try:
+        batch: list[Loaded] = []
+        loaded_stream = _read_ahead(reader, folder, pending, size, window=2 * step + workers)
+        for position, item in enumerate(loaded_stream, start=1):
+            if item.error is not None:
+                run.fail(item.unit, item.error)
+                report(predicted, len(run.failed) - failed_before, len(pending))
+            else:
+                batch.append(item)
+            if batch and (len(batch) == step or position == len(pending)):
+                writes.extend(writer.submit(job) for job in run.infer(batch))
+                batch = []
+                drain(keep=2 * step)
+        drain(keep=0)
+    except OutputWriteError as exc:
+        for future in writes:
+            future.cancel()
+        done_records = run.finished_records(units)
+        try:
+            csv_path, _ = write_tables(out, done_records, classes=run.classes, settings=run.run_settings(),
+                                       failed=run.failed)
+            saved = f"the {len(done_records)} images done are in {csv_path}"
+        except OutputWriteError:
+            saved = f"the {len(done_records)} images done are in {run.progress.path}"
+        raise DlmiError(f"{exc}; stopped: {saved}; fix the cause and re-run to continue") from exc
+    finally:
+        reader.shutdown(wait=True, cancel_futures=True)
+        writer.shutdown(wait=True, cancel_futures=True)
+
+    csv_path, json_path = write_tables(out, run.finished_records(units), classes=run.classes,
                                        settings=run.run_settings(), failed=run.failed)
-    return PredictSummary(out=out, total=len(files) + len(listing.broken_links), predicted=predicted,
-                          skipped=skipped, failed=run.failed, csv=csv_path, json=json_path,
-                          running_on=predictor.running_on, mode=mode)
+    return PredictSummary(out=out, total=len(units) + failed_before,
+                          predicted=predicted, skipped=skipped, failed=run.failed, csv=csv_path,
+                          json=json_path, running_on=predictor.running_on, mode=mode)
