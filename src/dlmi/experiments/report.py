@@ -8,19 +8,41 @@ intervals over images (``docs/metrics.md``).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dlmi.atomic import write_json_atomic, write_text_atomic
+from dlmi.experiments.plan import Experiment
 from dlmi.experiments.seed_numbers import SEED_CLASSIFICATION, SEED_SEGMENTATION, SEED_SOURCE
-
-if TYPE_CHECKING:
-    from dlmi.experiments.runner import Reproduction
 
 SIDES = ("train", "val", "test")
 SEG_KEYS = ("miou_seed", "mdice_seed", "lesion_dice", "lesion_iou", "empty_truth_false_positive_rate")
 CLS_KEYS = ("accuracy", "detect_accuracy")
+
+@dataclass(frozen=True)
+class ReproductionState:
+    """What the report needs to know about a reproduction, as plain data (the runner fills it in).
+
+    ``machine`` carries ``load_before`` / ``load_after``: the 1-minute load average when the invocation
+    started and when the report was written (``None`` where ``os.getloadavg`` is missing).
+    """
+
+    profile: dict[str, Any]
+    experiments: list[Experiment]
+    run_dirs: dict[str, Path]
+    status: dict[str, str]
+    data_root: Path
+    out: Path
+    results: Path
+    started: str
+    completed: str | None
+    machine: dict[str, Any]
+    splits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
 
 DEFINITIONS = {
     "seed mIoU": "mean over ALL images of the side (normal ones included) of per-image IoU = |P∩T|/|P∪T|; "
@@ -97,11 +119,11 @@ def _timing(run_dir: Path) -> dict[str, Any]:
     }
 
 
-def collect(repro: Reproduction, complete: bool) -> dict[str, Any]:
+def collect(repro: ReproductionState, complete: bool) -> dict[str, Any]:
     """The results document (JSON-able) from the run folders as they are now."""
     experiments = []
     for experiment in repro.experiments:
-        run_dir = repro.run_dir(experiment.name)
+        run_dir = repro.run_dirs[experiment.name]
         entry = {**experiment.describe(), "status": repro.status[experiment.name], "run_dir": str(run_dir),
                  "timing": _timing(run_dir)}
         if experiment.name in repro.errors:
@@ -114,7 +136,7 @@ def collect(repro: Reproduction, complete: bool) -> dict[str, Any]:
     return {
         "kind": "dlmi reproduce",
         "complete": complete and all(s.startswith("done") for s in repro.status.values()),
-        "profile": repro.profile.to_dict(),
+        "profile": repro.profile,
         "data_root": str(repro.data_root),
         "out": str(repro.out),
         "started": repro.started,
@@ -260,6 +282,21 @@ def _profile_lines(doc: dict[str, Any]) -> list[str]:
         + (f"; first start to completion {_minutes(_elapsed(doc['started'], doc['completed']))}"
            if doc.get("completed") else ""),
     ]
+
+
+def _load_line(machine: dict[str, Any]) -> str:
+    """What the measured load average says about the wall times."""
+    before, after, cores = machine.get("load_before"), machine.get("load_after"), machine.get("cpu_count")
+    if before is None or after is None or not cores:
+        return ("Load average: not measured on this machine, so whether other jobs shared the CPU cores (and "
+                "inflated the wall times) is unknown.")
+    line = (f"Load average (1 minute): {before} when this invocation started, {after} when this report was "
+            f"written, on {cores} CPU cores. ")
+    if max(before, after) > cores:
+        return line + ("A load above the core count means more processes wanted the cores than there were: "
+                       "other jobs shared them, so read the wall times as upper bounds.")
+    return line + ("Neither is above the core count, so the cores were not visibly shared and the wall times "
+                   "stand (the two samples cannot rule out a busy spell in between).")
 
 
 def _split_lines(doc: dict[str, Any]) -> list[str]:
@@ -413,9 +450,7 @@ def markdown(doc: dict[str, Any]) -> str:
         *_profile_lines(doc),
         "",
     ]
-    if p["name"] == "cpu":
-        out += ["Wall times are inflated: other engineers' jobs shared this machine's 2 CPU cores during "
-                "the run, so read them as upper bounds.", ""]
+    out += [_load_line(doc["machine"]), ""]
     out += [
         "## Splits",
         "",
@@ -458,10 +493,10 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def write_results(repro: Reproduction, complete: bool) -> Path:
+def write_results(repro: ReproductionState, complete: bool) -> Path:
     """Write ``reproduce-<profile>.json`` and ``.md`` atomically; returns the Markdown path."""
     doc = collect(repro, complete)
     repro.results.mkdir(parents=True, exist_ok=True)
-    stem = repro.results / f"reproduce-{repro.profile.name}"
+    stem = repro.results / f"reproduce-{repro.profile['name']}"
     write_json_atomic(stem.with_suffix(".json"), doc)
     return write_text_atomic(stem.with_suffix(".md"), markdown(doc))

@@ -25,7 +25,7 @@ from dlmi.atomic import write_json_atomic
 from dlmi.errors import DlmiError
 from dlmi.experiments.plan import DATA_FOLDERS, Experiment, plan_experiments
 from dlmi.experiments.profiles import Profile, get_profile
-from dlmi.experiments.report import write_results
+from dlmi.experiments.report import ReproductionState, write_results
 
 EVAL_SIDES = ("train", "test")
 TIMING_FILE = "reproduce-timing.json"
@@ -34,6 +34,14 @@ Log = Callable[[str], None]
 
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (``None`` where the platform has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def machine_info() -> dict[str, Any]:
@@ -96,7 +104,7 @@ class Reproduction:
         self.completed: str | None = None
         self.splits: dict[str, dict[str, Any]] = {}
         self.started = datetime.now(UTC).isoformat(timespec="seconds")
-        self.machine = machine_info()
+        self.machine = {**machine_info(), "load_before": load_average()}
 
     # --- layout ------------------------------------------------------------------------------------------
     def data_dir(self, dataset: str) -> Path:
@@ -228,8 +236,18 @@ class Reproduction:
         write_json_atomic(run_dir / TIMING_FILE, timing)
         self.status[experiment.name] = "done"
 
+    def state(self) -> ReproductionState:
+        """The report's view of this reproduction; the load average is measured now."""
+        return ReproductionState(
+            profile=self.profile.to_dict(), experiments=list(self.experiments),
+            run_dirs={e.name: self.run_dir(e.name) for e in self.experiments}, status=dict(self.status),
+            data_root=self.data_root, out=self.out, results=self.results, started=self.started,
+            completed=self.completed, machine={**self.machine, "load_after": load_average()},
+            splits=self.splits, errors=dict(self.errors), skipped=list(self.skipped),
+        )
+
     def write(self, complete: bool) -> Path:
-        return write_results(self, complete=complete)
+        return write_results(self.state(), complete=complete)
 
     def run(self) -> Path:
         self.check_inputs()
