@@ -108,7 +108,7 @@ def _train(task: str, settings: dict[str, Any], *, resume: PathLike | None, fold
 
         if settings.get("fold") is not None or resume is not None:
             raise DlmiError("--folds trains every fold (and resumes by itself): drop --fold/--resume")
-        _require(settings)
+        _require(settings, hint="")
         return train_folds(TrainConfig(task=task, **settings), folds)
     if resume is not None:
         return _resume(task, Path(resume), settings)
@@ -118,10 +118,10 @@ def _train(task: str, settings: dict[str, Any], *, resume: PathLike | None, fold
     return train(TrainConfig(task=task, **settings))
 
 
-def _require(settings: Mapping[str, Any]) -> None:
+def _require(settings: Mapping[str, Any], hint: str = " (or --resume RUN_DIR)") -> None:
     for required in ("dataset", "out"):
         if not settings.get(required):
-            raise DlmiError(f"--{required} is required (or --resume RUN_DIR)")
+            raise DlmiError(f"--{required} is required{hint}")
 
 
 def _resume(task: str, run_dir: Path, overrides: dict[str, Any]) -> Path:

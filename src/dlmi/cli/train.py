@@ -261,13 +261,7 @@ def joint_command(
 
 def _run_folds(task: str, settings: dict[str, Any], folds: int, resume: Path | None) -> None:
     """``--folds K``: one model per fold of the split's development images, then ``ensemble.json``."""
-    from dlmi.training.config import TrainConfig
-    from dlmi.training.folds import train_folds
+    from dlmi import api
 
-    if settings.get("fold") is not None or resume is not None:
-        raise DlmiError("--folds trains every fold (and resumes by itself): drop --fold/--resume")
-    for required in ("dataset", "out"):
-        if not settings.get(required):
-            raise DlmiError(f"--{required} is required")
-    config = TrainConfig(task=task, **{k: v for k, v in settings.items() if v is not None})
-    typer.echo(f"ensemble folder: {train_folds(config, folds)}")
+    train = {"classification": api.train_classifier, "joint": api.train_joint}[task]
+    typer.echo(f"ensemble folder: {train(**settings, folds=folds, resume=resume)}")
