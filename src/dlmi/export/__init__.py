@@ -2,10 +2,11 @@
 
 From a notebook::
 
-    from dlmi.export import export_onnx
+    from dlmi.export import export_onnx, quantize_export
 
     report = export_onnx(classifier="runs/cls", segmenter="runs/seg", out="exported/")
     print(report.summary())
+    print(quantize_export("exported/").summary())  # int8 files for CPUs, checked against fp32
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 _EXPORTS = {
     "export_onnx": "dlmi.export.onnx_export",
     "ExportReport": "dlmi.export.onnx_export",
-
+    "quantize_export": "dlmi.export.quantize",
     "read_metadata": "dlmi.export.metadata",
 }
 
