@@ -7,7 +7,7 @@ it also writes ``eval-<side>.json``, ``eval-<side>.md`` and the figures into the
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +26,7 @@ from dlmi.metrics.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, scored_mean
 from dlmi.metrics.classification import ClassificationScores
 from dlmi.metrics.postprocess import PostProcess, apply_candidates, candidate_postprocesses, select_best
 from dlmi.metrics.segmentation import SegmentationScores, iou
+from dlmi.training.config import TrainConfig
 
 SIDES = ("train", "val", "test")
 EVAL_SIDES = (*SIDES, "all")
@@ -55,19 +56,25 @@ class RunInputs:
         return normal_index(self.source.classes, self.source.normal_class)
 
 
-def _read_config(run_dir: Path | None) -> dict[str, Any]:
-    if run_dir is None:
-        return {}
-    path = run_dir / "config.json"
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DlmiError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise DlmiError(f"{path}: expected a JSON object of training settings")
-    return data
+def _config_path(run_dir: Path | None) -> Path | None:
+    """The run's ``config.json``, where the folder has one."""
+    return run_dir / "config.json" if run_dir is not None and (run_dir / "config.json").is_file() else None
+
+
+def read_run_config(trained: Any) -> tuple[TrainConfig | None, Path | None]:
+    """The training settings of a loaded run (``TrainConfig.load`` of its ``config.json``) and that file.
+
+    An ensemble folder has no ``config.json``: it reads its first member's, less the fold that member held
+    out. A bare checkpoint has none (``None, None``).
+    """
+    path = _config_path(trained.run_dir)
+    if path is not None:
+        return TrainConfig.load(path), path
+    members = getattr(trained, "members", None)
+    path = _config_path(members[0].run_dir) if members else None
+    if path is None:
+        return None, None
+    return dataclasses.replace(TrainConfig.load(path), fold=None), path
 
 
 def _recorded_path(value: str, run_dir: Path | None, what: str, config_path: Path | None) -> Path:
@@ -99,20 +106,17 @@ def load_inputs(
     torch_device = resolve_device(device)
     trained = load_trained(run_dir, checkpoint_name=f"{checkpoint}.pt", map_location=torch_device)
     folder = trained.run_dir
-    config = _read_config(folder)
-    members = getattr(trained, "members", None)
-    if not config and members:  # an ensemble folder: its members' settings (less the fold each one held)
-        config = {k: v for k, v in _read_config(members[0].run_dir).items() if k != "fold"}
-    config_path = folder / "config.json" if folder is not None and config else None
-    dataset = str(config.get("dataset") or trained.meta.get("dataset") or "")
+    config, config_path = read_run_config(trained)
+    fold = config.fold if config is not None else None
+    dataset = str((config.dataset if config is not None else None) or trained.meta.get("dataset") or "")
     if not dataset:
         raise DlmiError(f"{trained.checkpoint}: cannot tell which dataset the run used")
     source = get_dataset(dataset)
 
     if data_dir is not None:
         data_path: Path | None = Path(data_dir)
-    elif config.get("data_dir"):
-        data_path = _recorded_path(str(config["data_dir"]), folder, "data folder", config_path)
+    elif config is not None and config.data_dir:
+        data_path = _recorded_path(str(config.data_dir), folder, "data folder", config_path)
     else:
         data_path = None
     if getattr(source, "needs_data_dir", True) and data_path is None:
@@ -129,17 +133,17 @@ def load_inputs(
 
     split_obj = load_split(split_file)
     samples = source.samples(data_path)
-    if split_obj.folds and config.get("fold") is None:
+    if split_obj.folds and fold is None:
         # An ensemble over the folds: its members trained on every development image, so there is no
         # held-out val side (its settings were chosen on out-of-fold predictions, see ensemble.json).
         sides = {"train": list(split_samples(split_obj, samples, "train")), "val": [],
                  "test": list(split_samples(split_obj, samples, "test"))}
     else:
-        sides = {side: list(split_samples(split_obj, samples, side, fold=config.get("fold")))
+        sides = {side: list(split_samples(split_obj, samples, side, fold=fold))
                  for side in SIDES}
 
     aid_model = None
-    aid_path = aid if aid is not None else config.get("aid")
+    aid_path = aid if aid is not None else (config.aid if config is not None else None)
     if aid_path is not None:
         if trained.task != "segmentation":
             raise DlmiError(f"--aid {aid_path}: an aid applies to a segmentation run, "
