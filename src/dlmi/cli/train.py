@@ -1,4 +1,9 @@
-"""``dlmi train classifier|segmenter``: a thin layer over :mod:`dlmi.training`."""
+"""``dlmi train classifier|segmenter|joint``: a thin layer over :mod:`dlmi.api`.
+
+The three commands share most of their options: each is declared once below (``typer.Option`` objects
+reused in every signature, in the same order, so ``--help`` lists them alike); only the options whose
+default or meaning differs per task are declared in the command itself.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from dlmi.errors import DlmiError
 app = typer.Typer(help="Train a classifier, a (classifier-aided) segmenter or a joint model.",
                   no_args_is_help=True)
 
-# Help texts shared by both commands.
+# Help texts shared by the commands.
 H_DATASET = "Registered dataset name (see `dlmi plugins`)."
 H_DATA_DIR = "The dataset's folder (not needed for generated data such as `synthetic`)."
 H_OUT = "Run folder to create (config, split, metrics.jsonl, best.pt, last.pt, curves)."
@@ -30,6 +35,7 @@ H_SPLIT = "Split file (from `dlmi data split`); without it a default split is ma
 H_FOLD = "Fold K of a k-fold split file: train on its train part, validate on its val part."
 H_SCHED = "Learning-rate schedule: none, cosine or poly (after any warm-up). [default: none]"
 H_BALANCE = "Class balance: none, sampler (class-balanced draws) or weights (CE weights). [default: none]"
+H_BALANCE_MASKS = "Class balance: none or sampler (class-balanced draws)."
 H_AUGMENT = "Joint image/mask augmentation: horizontal flip, small affine, brightness/contrast."
 H_OPTION = "Extra model option KEY=VALUE (VALUE read as JSON when it parses), repeatable."
 H_RESUME = "Continue the interrupted run in this folder (other settings come from its config.json)."
@@ -46,6 +52,43 @@ H_EMA = "Validate, save and export an EMA of the weights with this decay per ste
 H_RECIPE = "Augmentation recipe with --augment: basic or ultrasound (docs/training.md). [default: basic]"
 H_FOLDS_CLS = ("Train an ensemble: K classifiers on K cross-validation folds of the split's train+val images "
                "(test side unchanged) into OUT/fold-k, then OUT/ensemble.json. Resumable.")
+H_FOLDS = ("Train an ensemble: K joint models on K cross-validation folds of the split's train+val images "
+           "(test side unchanged) into OUT/fold-k, then OUT/ensemble.json with the threshold and lesion-size "
+           "rule chosen on out-of-fold predictions. Resumable: run the same command again.")
+
+# The shared options, declared once (the parameter name in each command is the lower-case name).
+DATASET = typer.Option(None, "--dataset", help=H_DATASET)
+DATA_DIR = typer.Option(None, "--data-dir", help=H_DATA_DIR)
+OUT = typer.Option(None, "--out", help=H_OUT)
+IMAGE_SIZE = typer.Option(None, "--image-size", help=H_SIZE)
+EPOCHS = typer.Option(None, "--epochs", help=H_EPOCHS)
+BATCH_SIZE = typer.Option(None, "--batch-size", help=H_BATCH)
+BASE_CHANNELS = typer.Option(None, "--base-channels", help=H_BASE)
+MODEL_OPTION = typer.Option(None, "--model-option", help=H_OPTION)
+DEVICE = typer.Option(None, "--device", help=H_DEVICE)
+DETERMINISTIC = typer.Option(None, "--deterministic/--no-deterministic", help=H_DETERMINISTIC)
+SEED = typer.Option(None, "--seed", help=H_SEED)
+WORKERS = typer.Option(None, "--workers", help=H_WORKERS)
+SPLIT = typer.Option(None, "--split", help=H_SPLIT)
+FOLD = typer.Option(None, "--fold", help=H_FOLD)
+SCHEDULER = typer.Option(None, "--scheduler", help=H_SCHED)
+WARMUP_EPOCHS = typer.Option(None, "--warmup-epochs", help=H_WARMUP)
+EMA = typer.Option(None, "--ema", help=H_EMA)
+CLASS_BALANCE_MASKS = typer.Option(None, "--class-balance", help=H_BALANCE_MASKS)
+AUGMENT = typer.Option(False, "--augment", help=H_AUGMENT)
+AUGMENT_RECIPE = typer.Option(None, "--augment-recipe", help=H_RECIPE)
+RESUME = typer.Option(None, "--resume", help=H_RESUME)
+QUIET = typer.Option(False, "--quiet", "-q", help=H_QUIET)
+PRECISION = typer.Option(None, "--precision", help=H_PRECISION)
+CHANNELS_LAST = typer.Option(None, "--channels-last/--no-channels-last", help=H_CHANNELS_LAST)
+COMPILE = typer.Option(None, "--compile/--no-compile", help=H_COMPILE)
+CACHE = typer.Option(None, "--cache", help=H_CACHE)
+SYNC_BN = typer.Option(None, "--sync-bn/--no-sync-bn", help=H_SYNC_BN)
+
+# Command parameters that are not training settings, and the ones whose setting has another name or form.
+_NOT_SETTINGS = ("resume", "folds")
+_PATHS = ("data_dir", "out", "split", "aid")
+_FLAGS = ("augment", "quiet")  # off means "the default", so a resumed run keeps its own
 
 
 def _parse_options(pairs: list[str] | None) -> dict[str, Any]:
@@ -59,6 +102,19 @@ def _parse_options(pairs: list[str] | None) -> dict[str, Any]:
         except json.JSONDecodeError:
             options[key] = value
     return options
+
+
+def _settings(params: dict[str, Any]) -> dict[str, Any]:
+    """A command's parameters as training settings (the keyword arguments of :mod:`dlmi.api`)."""
+    settings = {k: v for k, v in params.items() if k not in _NOT_SETTINGS}
+    for key in _PATHS:
+        if key in settings:
+            settings[key] = str(settings[key]) if settings[key] else None
+    for key in _FLAGS:
+        settings[key] = settings[key] or None
+    settings["model_options"] = _parse_options(settings.pop("model_option")) or None
+    settings["compile"] = settings.pop("compile_model")
+    return settings
 
 
 def _run(task: str, settings: dict[str, Any], resume: Path | None) -> None:
@@ -89,54 +145,44 @@ def _report(run_dir: Path) -> None:
 
 @app.command("classifier")
 def classifier_command(
-    dataset: str = typer.Option(None, "--dataset", help=H_DATASET),
-    data_dir: Path = typer.Option(None, "--data-dir", help=H_DATA_DIR),
+    dataset: str = DATASET,
+    data_dir: Path = DATA_DIR,
     model: str = typer.Option(None, "--model", help="Registered classification model. [default: seed-cnn]"),
-    out: Path = typer.Option(None, "--out", help=H_OUT),
+    out: Path = OUT,
     loss: str = typer.Option(None, "--loss", help="Registered classification loss. [default: cross-entropy]"),
-    image_size: int = typer.Option(None, "--image-size", help=H_SIZE),
-    epochs: int = typer.Option(None, "--epochs", help=H_EPOCHS),
-    batch_size: int = typer.Option(None, "--batch-size", help=H_BATCH),
+    image_size: int = IMAGE_SIZE,
+    epochs: int = EPOCHS,
+    batch_size: int = BATCH_SIZE,
     lr: float = typer.Option(None, "--lr", help="Learning rate (AdamW). [default: 1e-3, the seed's]"),
     weight_decay: float = typer.Option(None, "--weight-decay", help=f"{H_WD} [default: 1e-5, the seed's]"),
-    base_channels: int = typer.Option(None, "--base-channels", help=H_BASE),
-    model_option: list[str] = typer.Option(None, "--model-option", help=H_OPTION),
-    device: str = typer.Option(None, "--device", help=H_DEVICE),
-    deterministic: bool = typer.Option(None, "--deterministic/--no-deterministic", help=H_DETERMINISTIC),
-    seed: int = typer.Option(None, "--seed", help=H_SEED),
-    workers: int = typer.Option(None, "--workers", help=H_WORKERS),
-    split: Path = typer.Option(None, "--split", help=H_SPLIT),
-    fold: int = typer.Option(None, "--fold", help=H_FOLD),
+    base_channels: int = BASE_CHANNELS,
+    model_option: list[str] = MODEL_OPTION,
+    device: str = DEVICE,
+    deterministic: bool = DETERMINISTIC,
+    seed: int = SEED,
+    workers: int = WORKERS,
+    split: Path = SPLIT,
+    fold: int = FOLD,
     folds: int = typer.Option(None, "--folds", help=H_FOLDS_CLS),
-    scheduler: str = typer.Option(None, "--scheduler", help=H_SCHED),
-    warmup_epochs: int = typer.Option(None, "--warmup-epochs", help=H_WARMUP),
-    ema: float = typer.Option(None, "--ema", help=H_EMA),
+    scheduler: str = SCHEDULER,
+    warmup_epochs: int = WARMUP_EPOCHS,
+    ema: float = EMA,
     class_balance: str = typer.Option(None, "--class-balance", help=H_BALANCE),
-    augment: bool = typer.Option(False, "--augment", help=H_AUGMENT),
-    augment_recipe: str = typer.Option(None, "--augment-recipe", help=H_RECIPE),
-    resume: Path = typer.Option(None, "--resume", help=H_RESUME),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help=H_QUIET),
-    precision: str = typer.Option(None, "--precision", help=H_PRECISION),
-    channels_last: bool = typer.Option(None, "--channels-last/--no-channels-last", help=H_CHANNELS_LAST),
-    compile_model: bool = typer.Option(None, "--compile/--no-compile", help=H_COMPILE),
-    cache: str = typer.Option(None, "--cache", help=H_CACHE),
-    sync_bn: bool = typer.Option(None, "--sync-bn/--no-sync-bn", help=H_SYNC_BN),
+    augment: bool = AUGMENT,
+    augment_recipe: str = AUGMENT_RECIPE,
+    resume: Path = RESUME,
+    quiet: bool = QUIET,
+    precision: str = PRECISION,
+    channels_last: bool = CHANNELS_LAST,
+    compile_model: bool = COMPILE,
+    cache: str = CACHE,
+    sync_bn: bool = SYNC_BN,
 ) -> None:
     """Train a classifier (the seed's CNN by default: AdamW, lr 1e-3, weight decay 1e-5, grad-norm clip 5).
 
     Example: `dlmi train classifier --dataset synthetic --image-size 128 --epochs 5 --out runs/cls`
     """
-    settings = dict(
-        dataset=dataset, data_dir=str(data_dir) if data_dir else None, model=model,
-        out=str(out) if out else None, loss=loss, image_size=image_size, epochs=epochs,
-        batch_size=batch_size, lr=lr, weight_decay=weight_decay, base_channels=base_channels,
-        model_options=_parse_options(model_option) or None, device=device, deterministic=deterministic,
-        seed=seed, workers=workers,
-        split=str(split) if split else None, fold=fold, scheduler=scheduler, class_balance=class_balance,
-        augment=augment or None, quiet=quiet or None, precision=precision, channels_last=channels_last,
-        compile=compile_model, cache=cache, sync_bn=sync_bn, warmup_epochs=warmup_epochs, ema=ema,
-        augment_recipe=augment_recipe,
-    )
+    settings = _settings(locals())
     if folds is not None:
         _run_folds("classification", settings, folds, resume)
         return
@@ -145,38 +191,37 @@ def classifier_command(
 
 @app.command("segmenter")
 def segmenter_command(
-    dataset: str = typer.Option(None, "--dataset", help=H_DATASET),
-    data_dir: Path = typer.Option(None, "--data-dir", help=H_DATA_DIR),
+    dataset: str = DATASET,
+    data_dir: Path = DATA_DIR,
     model: str = typer.Option(None, "--model", help="Registered segmentation model. [default: unet]"),
-    out: Path = typer.Option(None, "--out", help=H_OUT),
+    out: Path = OUT,
     loss: str = typer.Option(None, "--loss", help="Registered segmentation loss: dice, bce, mse, dice-bce, … "
                              "[default: dice]"),
     aid: Path = typer.Option(None, "--aid", help="Classifier run folder whose *normal* verdict empties the "
                              "mask (classifier-aided training; same dataset and split required)."),
-    image_size: int = typer.Option(None, "--image-size", help=H_SIZE),
-    epochs: int = typer.Option(None, "--epochs", help=H_EPOCHS),
-    batch_size: int = typer.Option(None, "--batch-size", help=H_BATCH),
+    image_size: int = IMAGE_SIZE,
+    epochs: int = EPOCHS,
+    batch_size: int = BATCH_SIZE,
     lr: float = typer.Option(None, "--lr", help="Learning rate (Adam). [default: 1e-3, the seed's]"),
     weight_decay: float = typer.Option(None, "--weight-decay", help=f"{H_WD} [default: 0, the seed's]"),
-    base_channels: int = typer.Option(None, "--base-channels", help=H_BASE),
-    model_option: list[str] = typer.Option(None, "--model-option", help=H_OPTION),
-    device: str = typer.Option(None, "--device", help=H_DEVICE),
-    deterministic: bool = typer.Option(None, "--deterministic/--no-deterministic", help=H_DETERMINISTIC),
-    seed: int = typer.Option(None, "--seed", help=H_SEED),
-    workers: int = typer.Option(None, "--workers", help=H_WORKERS),
+    base_channels: int = BASE_CHANNELS,
+    model_option: list[str] = MODEL_OPTION,
+    device: str = DEVICE,
+    deterministic: bool = DETERMINISTIC,
+    seed: int = SEED,
+    workers: int = WORKERS,
     split: Path = typer.Option(None, "--split", help=H_SPLIT + " With --aid, the classifier's split."),
-    fold: int = typer.Option(None, "--fold", help=H_FOLD),
-    scheduler: str = typer.Option(None, "--scheduler", help=H_SCHED),
-    class_balance: str = typer.Option(None, "--class-balance",
-                                      help="Class balance: none or sampler (class-balanced draws)."),
-    augment: bool = typer.Option(False, "--augment", help=H_AUGMENT),
-    resume: Path = typer.Option(None, "--resume", help=H_RESUME),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help=H_QUIET),
-    precision: str = typer.Option(None, "--precision", help=H_PRECISION),
-    channels_last: bool = typer.Option(None, "--channels-last/--no-channels-last", help=H_CHANNELS_LAST),
-    compile_model: bool = typer.Option(None, "--compile/--no-compile", help=H_COMPILE),
-    cache: str = typer.Option(None, "--cache", help=H_CACHE),
-    sync_bn: bool = typer.Option(None, "--sync-bn/--no-sync-bn", help=H_SYNC_BN),
+    fold: int = FOLD,
+    scheduler: str = SCHEDULER,
+    class_balance: str = CLASS_BALANCE_MASKS,
+    augment: bool = AUGMENT,
+    resume: Path = RESUME,
+    quiet: bool = QUIET,
+    precision: str = PRECISION,
+    channels_last: bool = CHANNELS_LAST,
+    compile_model: bool = COMPILE,
+    cache: str = CACHE,
+    sync_bn: bool = SYNC_BN,
 ) -> None:
     """Train a segmenter (U-Net by default: Adam, lr 1e-3, weight decay 0, grad-norm clip 5), optionally aided.
 
@@ -184,76 +229,52 @@ def segmenter_command(
 
     On 4 GPUs of one machine (docs/distributed.md): `torchrun --nproc-per-node 4 -m dlmi train segmenter --dataset busi --data-dir data/busi --batch-size 16 --out runs/seg`
     """  # noqa: E501
-    settings = dict(
-        dataset=dataset, data_dir=str(data_dir) if data_dir else None, model=model,
-        out=str(out) if out else None, loss=loss, aid=str(aid) if aid else None, image_size=image_size,
-        epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, base_channels=base_channels,
-        model_options=_parse_options(model_option) or None, device=device, deterministic=deterministic,
-        seed=seed, workers=workers,
-        split=str(split) if split else None, fold=fold, scheduler=scheduler, class_balance=class_balance,
-        augment=augment or None, quiet=quiet or None, precision=precision, channels_last=channels_last,
-        compile=compile_model, cache=cache, sync_bn=sync_bn,
-    )
+    settings = _settings(locals())
     _run("segmentation", settings, resume)
-
-
-H_FOLDS = ("Train an ensemble: K joint models on K cross-validation folds of the split's train+val images "
-           "(test side unchanged) into OUT/fold-k, then OUT/ensemble.json with the threshold and lesion-size "
-           "rule chosen on out-of-fold predictions. Resumable: run the same command again.")
 
 
 @app.command("joint")
 def joint_command(
-    dataset: str = typer.Option(None, "--dataset", help=H_DATASET),
-    data_dir: Path = typer.Option(None, "--data-dir", help=H_DATA_DIR),
+    dataset: str = DATASET,
+    data_dir: Path = DATA_DIR,
     model: str = typer.Option(None, "--model", help="Registered joint model. [default: unet-mt]"),
-    out: Path = typer.Option(None, "--out", help=H_OUT),
+    out: Path = OUT,
     loss: str = typer.Option(None, "--loss", help="Registered mask loss. [default: dice-bce]"),
-    image_size: int = typer.Option(None, "--image-size", help=H_SIZE),
-    epochs: int = typer.Option(None, "--epochs", help=H_EPOCHS),
-    batch_size: int = typer.Option(None, "--batch-size", help=H_BATCH),
+    image_size: int = IMAGE_SIZE,
+    epochs: int = EPOCHS,
+    batch_size: int = BATCH_SIZE,
     lr: float = typer.Option(None, "--lr", help="Learning rate (AdamW). [default: 2e-3]"),
     weight_decay: float = typer.Option(None, "--weight-decay", help=f"{H_WD} [default: 1e-4]"),
-    base_channels: int = typer.Option(None, "--base-channels", help=H_BASE),
-    model_option: list[str] = typer.Option(None, "--model-option", help=H_OPTION),
-    device: str = typer.Option(None, "--device", help=H_DEVICE),
-    deterministic: bool = typer.Option(None, "--deterministic/--no-deterministic", help=H_DETERMINISTIC),
-    seed: int = typer.Option(None, "--seed", help=H_SEED),
-    workers: int = typer.Option(None, "--workers", help=H_WORKERS),
-    split: Path = typer.Option(None, "--split", help=H_SPLIT),
-    fold: int = typer.Option(None, "--fold", help=H_FOLD),
+    base_channels: int = BASE_CHANNELS,
+    model_option: list[str] = MODEL_OPTION,
+    device: str = DEVICE,
+    deterministic: bool = DETERMINISTIC,
+    seed: int = SEED,
+    workers: int = WORKERS,
+    split: Path = SPLIT,
+    fold: int = FOLD,
     folds: int = typer.Option(None, "--folds", help=H_FOLDS),
     scheduler: str = typer.Option(None, "--scheduler",
                                   help="LR schedule: none, cosine or poly. [default: poly]"),
-    warmup_epochs: int = typer.Option(None, "--warmup-epochs", help=H_WARMUP),
-    ema: float = typer.Option(None, "--ema", help=H_EMA),
-    class_balance: str = typer.Option(None, "--class-balance",
-                                      help="Class balance: none or sampler (class-balanced draws)."),
+    warmup_epochs: int = WARMUP_EPOCHS,
+    ema: float = EMA,
+    class_balance: str = CLASS_BALANCE_MASKS,
     class_weight: float = typer.Option(None, "--class-weight", help="Weight of the class loss. [default: 1]"),
-    augment: bool = typer.Option(False, "--augment", help=H_AUGMENT),
-    augment_recipe: str = typer.Option(None, "--augment-recipe", help=H_RECIPE),
-    resume: Path = typer.Option(None, "--resume", help=H_RESUME),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help=H_QUIET),
-    precision: str = typer.Option(None, "--precision", help=H_PRECISION),
-    channels_last: bool = typer.Option(None, "--channels-last/--no-channels-last", help=H_CHANNELS_LAST),
-    compile_model: bool = typer.Option(None, "--compile/--no-compile", help=H_COMPILE),
-    cache: str = typer.Option(None, "--cache", help=H_CACHE),
-    sync_bn: bool = typer.Option(None, "--sync-bn/--no-sync-bn", help=H_SYNC_BN),
+    augment: bool = AUGMENT,
+    augment_recipe: str = AUGMENT_RECIPE,
+    resume: Path = RESUME,
+    quiet: bool = QUIET,
+    precision: str = PRECISION,
+    channels_last: bool = CHANNELS_LAST,
+    compile_model: bool = COMPILE,
+    cache: str = CACHE,
+    sync_bn: bool = SYNC_BN,
 ) -> None:
     """Train a joint model (``unet-mt``: one encoder, mask decoder + class head, its head the gate).
 
     Example: `dlmi train joint --dataset busi --data-dir data/busi --image-size 128 --epochs 40 --augment --augment-recipe ultrasound --ema 0.995 --warmup-epochs 2 --folds 5 --out runs/joint`
     """  # noqa: E501
-    settings = dict(
-        dataset=dataset, data_dir=str(data_dir) if data_dir else None, model=model,
-        out=str(out) if out else None, loss=loss, image_size=image_size, epochs=epochs,
-        batch_size=batch_size, lr=lr, weight_decay=weight_decay, base_channels=base_channels,
-        model_options=_parse_options(model_option) or None, device=device, deterministic=deterministic,
-        seed=seed, workers=workers, split=str(split) if split else None, fold=fold, scheduler=scheduler,
-        warmup_epochs=warmup_epochs, ema=ema, class_balance=class_balance, class_weight=class_weight,
-        augment=augment or None, augment_recipe=augment_recipe, quiet=quiet or None, precision=precision,
-        channels_last=channels_last, compile=compile_model, cache=cache, sync_bn=sync_bn,
-    )
+    settings = _settings(locals())
     if folds is not None:
         _run_folds("joint", settings, folds, resume)
         return
