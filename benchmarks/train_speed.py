@@ -3,7 +3,7 @@
 The reference is written the way simple U-Net repositories write it: a Dataset that opens the image and
 mask files with PIL and resizes them on every access, a DataLoader with ``num_workers=0``, fp32, and
 ``zero_grad → forward → Dice loss → backward → Adam step``. dlmi is its real trainer
-(:func:`dlmi.training.runner.build_trainer` + :meth:`Trainer.run_epoch`: cache, channels-last, autocast,
+(:func:`dlmi.training.start.build_trainer` + :meth:`Trainer.run_epoch`: cache, channels-last, autocast,
 gradient clipping, per-image metric records), once with its defaults and in steps from a plain setting,
 to show where the difference comes from. Same network (dlmi's ``unet``), size, batch, images, Adam 1e-3,
 Dice loss; no augmentation on either side.
@@ -60,10 +60,10 @@ from dlmi import __version__
 from dlmi.datasets.base import Sample
 from dlmi.plugins import create_loss, create_model, get_dataset, get_plugins
 from dlmi.training.config import TrainConfig
-from dlmi.training.data import RunData
+from dlmi.training.data import SplitData
 from dlmi.training.loop import Trainer
-from dlmi.training.run_dir import RunFolder
-from dlmi.training.runner import build_trainer
+from dlmi.training.run_folder import RunFolder
+from dlmi.training.start import build_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BUSI = REPO.parent / "shared" / "data" / "busi"
@@ -163,7 +163,7 @@ class DlmiLoop:
                              image_size=profile.image_size, batch_size=profile.batch_size,
                              base_channels=profile.base_channels, device=profile.device, quiet=True,
                              deterministic=device.type != "cuda", **settings).resolved()
-        data = RunData(source=get_dataset("busi"), split=None,
+        data = SplitData(source=get_dataset("busi"), split=None,
                        samples={"train": samples, "val": samples[:profile.batch_size], "test": []})
         self.trainer: Trainer = build_trainer(config, RunFolder(work / name), data, None, device)
         self.device = device
@@ -278,7 +278,7 @@ def peak_rss_of_training_run(data_dir: Path, profile: Profile, work: Path,
         env["DLMI_CACHE_DIR"] = hash_cache  # the caller's own (the split audit's hashes)
     if profile.threads:
         env["OMP_NUM_THREADS"] = str(profile.threads)
-    imports_mb, _, _ = child_peak_rss_mb([sys.executable, "-c", "import torch, dlmi.training.runner"], env)
+    imports_mb, _, _ = child_peak_rss_mb([sys.executable, "-c", "import torch, dlmi.training.start"], env)
     peak_mb, seconds, _ = child_peak_rss_mb(command, env)
     runtime = json.loads((out / "runtime.json").read_text())
     split = json.loads((out / "split.json").read_text())
@@ -489,7 +489,7 @@ def report(r: dict[str, Any]) -> str:
                   f"{m['epochs']} epoch(s), precision {m['precision']}, cache {m['cache']}): peak RSS "
                   f"**{m['peak_rss_mb']} MB** (`ru_maxrss` of the subprocess; {m['seconds']} s including the "
                   f"split audit), of which {m['imports_only_rss_mb']} MB is importing torch and dlmi alone "
-                  "(`python -c 'import torch, dlmi.training.runner'`)."]
+                  "(`python -c 'import torch, dlmi.training.start'`)."]
     if r["gpu"]:
         g = r["gpu"]
         peak = f"{g['bf16_dense_peak_tflops']} TFLOP/s" if g["bf16_dense_peak_tflops"] else "unknown"

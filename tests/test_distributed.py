@@ -20,8 +20,8 @@ from busi_folder import write_busi_folder
 from dlmi.errors import DlmiError
 from dlmi.training.config import TrainConfig
 from dlmi.training.distributed import DistributedContext, launch_context, resolve_device
-from dlmi.training.runner import check_global_batch
 from dlmi.training.sampling import EpochSampler, ShardSampler
+from dlmi.training.start import check_global_batch
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 LAUNCH = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")

@@ -20,8 +20,8 @@ from test_export_helpers import CLASSIFIER_SIZE, DARK, SEGMENTER_SIZE, make_chec
 
 from dlmi.atomic import write_json_atomic
 from dlmi.cli.main import run
+from dlmi.evaluation.evaluator import Evaluator, load_inputs
 from dlmi.evaluation.masks import evaluate_masks
-from dlmi.evaluation.run import RunEvaluator, load_inputs
 from dlmi.metrics.segmentation import iou
 from dlmi.splits import make_split, save_split
 from dlmi.training.config import TrainConfig
@@ -74,7 +74,7 @@ def setup(tmp_path_factory):
 
 
 def evaluated_iou(seg_run) -> tuple[dict[str, float], np.ndarray]:
-    preds = RunEvaluator(load_inputs(seg_run, device="cpu"), device="cpu").predictions("test")
+    preds = Evaluator(load_inputs(seg_run, device="cpu"), device="cpu").predictions("test")
     per_image = iou(preds.aided_masks(), preds.true_masks)
     return dict(zip(preds.keys, per_image.tolist(), strict=True)), preds.gated
 

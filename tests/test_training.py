@@ -23,7 +23,7 @@ from dlmi.splits import load_split
 from dlmi.training import TrainConfig, load_trained, resume_training, train_classifier, train_segmenter
 from dlmi.training.aid import ClassifierGate
 from dlmi.training.augment import JointAugment
-from dlmi.training.run_dir import RunFolder
+from dlmi.training.run_folder import RunFolder
 from dlmi.training.segmenter import SegmentationSteps
 
 CLASSES = ("normal", "benign", "malignant")

@@ -113,7 +113,7 @@ def _train(task: str, settings: dict[str, Any], *, resume: PathLike | None, fold
     if resume is not None:
         return _resume(task, Path(resume), settings)
     _require(settings)
-    from dlmi.training.runner import train
+    from dlmi.training.start import train
 
     return train(TrainConfig(task=task, **settings))
 
@@ -126,8 +126,8 @@ def _require(settings: Mapping[str, Any], hint: str = " (or --resume RUN_DIR)") 
 
 def _resume(task: str, run_dir: Path, overrides: dict[str, Any]) -> Path:
     from dlmi.training.config import TrainConfig
-    from dlmi.training.run_dir import RunFolder
-    from dlmi.training.runner import resume_training
+    from dlmi.training.run_folder import RunFolder
+    from dlmi.training.start import resume_training
 
     saved = TrainConfig.load(RunFolder(run_dir).config)
     if saved.task != task:

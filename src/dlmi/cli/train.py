@@ -128,7 +128,7 @@ def _run(task: str, settings: dict[str, Any], resume: Path | None) -> None:
 
 def _report(run_dir: Path) -> None:
     from dlmi.training.distributed import launch_context
-    from dlmi.training.run_dir import RunFolder
+    from dlmi.training.run_folder import RunFolder
 
     if not launch_context().is_main:
         return  # under torchrun, rank 0 speaks for the run

@@ -13,7 +13,7 @@ from typing import Any
 
 _EXPORTS = {
     "evaluate_masks": "dlmi.evaluation.masks",
-    "evaluate_run": "dlmi.evaluation.run",
+    "evaluate_run": "dlmi.evaluation.evaluator",
     "markdown_report": "dlmi.evaluation.report",
 }
 

@@ -7,6 +7,6 @@
 from __future__ import annotations
 
 from dlmi.experiments.profiles import PROFILES, Profile, get_profile
-from dlmi.experiments.runner import reproduce
+from dlmi.experiments.reproduction import reproduce
 
 __all__ = ["PROFILES", "Profile", "get_profile", "reproduce"]

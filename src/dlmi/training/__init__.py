@@ -16,10 +16,10 @@ from typing import Any
 
 _EXPORTS = {
     "TrainConfig": "dlmi.training.config",
-    "train": "dlmi.training.runner",
-    "train_classifier": "dlmi.training.runner",
-    "train_segmenter": "dlmi.training.runner",
-    "resume_training": "dlmi.training.runner",
+    "train": "dlmi.training.start",
+    "train_classifier": "dlmi.training.start",
+    "train_segmenter": "dlmi.training.start",
+    "resume_training": "dlmi.training.start",
     "Trained": "dlmi.runtime.trained",
     "load_trained": "dlmi.runtime.trained",
 }

@@ -23,7 +23,7 @@ SIDES = ("train", "val", "test")
 
 
 @dataclass
-class RunData:
+class SplitData:
     """The source, the split object, and the samples of each side."""
 
     source: DatasetSource
@@ -71,7 +71,7 @@ def split_sides(split: Any, samples: Sequence[Sample], fold: int | None = None) 
     return {side: list(split_samples(split, list(samples), side, fold=fold)) for side in SIDES}
 
 
-def prepare_data(config: TrainConfig, split: Any, *, split_name: str = "split") -> RunData:
+def prepare_data(config: TrainConfig, split: Any, *, split_name: str = "split") -> SplitData:
     """Load the source and cut its samples by ``split``; a run needs training and validation samples."""
     split_dataset = getattr(split, "dataset", config.dataset)
     if split_dataset != config.dataset:
@@ -83,7 +83,7 @@ def prepare_data(config: TrainConfig, split: Any, *, split_name: str = "split") 
             raise DlmiError(f"{split_name}: the split has no {side} samples for dataset {config.dataset!r}")
     if config.task in ("segmentation", "joint") and not source.has_masks:
         raise DlmiError(f"dataset {config.dataset!r} has no masks; train a classifier on it instead")
-    return RunData(source=source, split=split, samples=sides)
+    return SplitData(source=source, split=split, samples=sides)
 
 
 def seed_worker(worker_id: int) -> None:

@@ -36,7 +36,7 @@ from dlmi.training.distributed import (
 from dlmi.training.precision import Precision
 from dlmi.training.progress import TrainingProgress
 from dlmi.training.rng import capture_rng
-from dlmi.training.run_dir import RunFolder
+from dlmi.training.run_folder import RunFolder
 
 __all__ = ["StepResult", "TaskSteps", "Trainer", "TrainState", "build_optimizer", "resolve_device",
            "scheduled_lr"]
