@@ -249,7 +249,7 @@ def _value(entry: dict[str, Any]) -> dict[str, Any]:
 def score_best(folders: dict[str, Path], profile: Profile, out: Path, *, resamples: int,
                extra: dict[str, Path] | None = None) -> dict[str, Any]:
     """Evaluate both ensembles on their test sides and measure the BUSI ablation."""
-    from dlmi.evaluation.run import evaluate_run, load_inputs
+    from dlmi.evaluation.evaluator import evaluate_run, load_inputs
 
     busi = evaluate_run(folders[BUSI_BEST], side="test", resamples=resamples, device=profile.device)
     brain = evaluate_run(folders[BRAIN_BEST], side="test", resamples=resamples, device=profile.device)
@@ -365,7 +365,7 @@ def run_best(data_root: str | os.PathLike[str], profile_name: str = "cpu",
              results: str | os.PathLike[str] = "benchmarks/results", *, quiet: bool = True,
              resamples: int | None = None, log: Log = print) -> Path:
     """Train, export, score and report dlmi's best configuration; returns the Markdown results file."""
-    from dlmi.experiments.runner import machine_info
+    from dlmi.experiments.reproduction import machine_info
 
     profile = get_profile(profile_name)
     if profile.name not in RECIPES:

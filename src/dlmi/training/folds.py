@@ -38,7 +38,7 @@ def fold_dir(out: Path, fold: int) -> Path:
 
 
 def _finished(run: Path, epochs: int) -> bool:
-    from dlmi.training.run_dir import RunFolder
+    from dlmi.training.run_folder import RunFolder
 
     folder = RunFolder(run)
     if not folder.last.is_file():
@@ -52,7 +52,7 @@ def train_folds(config: TrainConfig, folds: int, *, flip_tta: bool = True) -> Pa
     from dlmi.splits import load_split, save_split
     from dlmi.splits.split import with_folds
     from dlmi.training.data import load_source, make_default_split, read_split
-    from dlmi.training.runner import resume_training, train
+    from dlmi.training.start import resume_training, train
 
     if config.task not in (JOINT, CLASSIFICATION):
         raise DlmiError(
