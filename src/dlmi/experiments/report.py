@@ -67,7 +67,8 @@ def _number(entry: Any) -> dict[str, Any] | None:
     return {k: entry.get(k) for k in ("value", "low", "high", "n")}
 
 
-def _read(path: Path) -> dict[str, Any] | None:
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """A JSON file holding an object; ``None`` when it is missing, unreadable or not an object."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
@@ -79,7 +80,7 @@ def _scores(run_dir: Path, task: str) -> dict[str, Any]:
     """The headline numbers of each evaluated side of a run folder."""
     out: dict[str, Any] = {}
     for side in SIDES:
-        result = _read(run_dir / f"eval-{side}.json")
+        result = read_json_object(run_dir / f"eval-{side}.json")
         if result is None:
             continue
         entry: dict[str, Any] = {"n_images": result.get("context", {}).get("n_images"),
@@ -102,12 +103,12 @@ def _scores(run_dir: Path, task: str) -> dict[str, Any]:
 
 
 def _timing(run_dir: Path) -> dict[str, Any]:
-    timing = _read(run_dir / "reproduce-timing.json") or {}
+    timing = read_json_object(run_dir / "reproduce-timing.json") or {}
     from dlmi.training.run_folder import RunFolder
 
     rows = RunFolder(run_dir).read_metrics()
     best = [r["epoch"] for r in rows if r.get("best")]
-    runtime = _read(run_dir / "runtime.json") or {}
+    runtime = read_json_object(run_dir / "runtime.json") or {}
     return {
         "precision": runtime.get("precision"),
         "channels_last": runtime.get("channels_last"),

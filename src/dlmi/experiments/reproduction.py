@@ -8,7 +8,6 @@ The results file is rewritten (atomically) after every experiment, so partial re
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -25,7 +24,7 @@ from dlmi.atomic import write_json_atomic
 from dlmi.errors import DlmiError
 from dlmi.experiments.plan import DATA_FOLDERS, Experiment, plan_experiments
 from dlmi.experiments.profiles import Profile, get_profile
-from dlmi.experiments.report import ReproductionState, write_results
+from dlmi.experiments.report import ReproductionState, read_json_object, write_results
 
 EVAL_SIDES = ("train", "test")
 TIMING_FILE = "reproduce-timing.json"
@@ -60,14 +59,6 @@ def machine_info() -> dict[str, Any]:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "dlmi_version": __version__,
     }
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def trained_epochs(run_dir: Path) -> int:
@@ -129,14 +120,14 @@ class Reproduction:
                 raise DlmiError(f"{folder}: no such folder; --data-root must hold "
                                 f"{', '.join(sorted(DATA_FOLDERS.values()))}/")
         saved = self.out / "profile.json"
-        previous = _read_json(saved)
+        previous = read_json_object(saved)
         if previous is not None and previous != self.profile.to_dict():
             raise DlmiError(f"{saved}: this folder was started with other profile settings; "
                             "use another --out or remove it")
         self.out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(saved, self.profile.to_dict())
         state = self.out / "reproduce-state.json"
-        first = (_read_json(state) or {}).get("started")
+        first = (read_json_object(state) or {}).get("started")
         if first:
             self.started = first  # a resumed reproduction keeps the time it was first started
         else:
@@ -225,7 +216,7 @@ class Reproduction:
         if missing:
             self.status[experiment.name] = f"not run: {', '.join(missing)} did not finish"
             return
-        timing = _read_json(run_dir / TIMING_FILE) or {}
+        timing = read_json_object(run_dir / TIMING_FILE) or {}
         started = time.perf_counter()
         self.train(experiment)
         timing["train_wall_s"] = round(timing.get("train_wall_s", 0.0) + time.perf_counter() - started, 1)
@@ -268,7 +259,7 @@ class Reproduction:
                     traceback.print_exc()
             self.write(complete=False)
         state_path = self.out / "reproduce-state.json"
-        state = _read_json(state_path) or {"started": self.started}
+        state = read_json_object(state_path) or {"started": self.started}
         if "completed" not in state and all(s.startswith("done") for s in self.status.values()):
             state["completed"] = datetime.now(UTC).isoformat(timespec="seconds")
             write_json_atomic(state_path, state)
