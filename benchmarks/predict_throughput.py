@@ -17,8 +17,9 @@ Usage (from the repository root; the older commit checked out with ``git worktre
     OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python benchmarks/predict_throughput.py \\
         --models /tmp/tp-models --data ../shared/data/busi --old-src /tmp/old/src --old-commit 8fa4d28
 
-Results: a section of ``benchmarks/results/deploy-cpu.md`` and a ``predict_throughput`` key of
-``deploy-cpu.json`` (other sections of those files are kept).
+Results: ``benchmarks/results/predict-throughput-cpu.md`` and ``.json``, and the same as a section of
+``deploy-cpu.md`` and a ``predict_throughput`` key of ``deploy-cpu.json`` (other sections of those files are
+kept; ``--from-json`` rewrites both from the stored results).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ SECTION = "predict_throughput"
 BEGIN, END = "<!-- predict-throughput:begin -->", "<!-- predict-throughput:end -->"
 CLASSES = ("normal", "benign", "malignant")
 SIZE, BASE = 128, 8
+STUB = '"""Benchmark stub: a plugin the older commit does not have."""\n'
 
 FLOOR = r'''
 import sys, os
@@ -100,7 +102,8 @@ def stub_missing_plugins(old_src: Path) -> list[str]:
             continue
         target = old_src.joinpath(*entry.value.split(".")).with_suffix(".py")
         if not target.exists() and not target.with_suffix("").is_dir():
-            target.write_text('"""Benchmark stub: a plugin the older commit does not have."""\n')
+            target.write_text(STUB)
+        if target.is_file() and target.read_text() == STUB:
             made.append(entry.value)
     return made
 
@@ -193,8 +196,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in load_after],
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                     "python": platform.python_version(), "shared": True},
-        "threads": "default: onnxruntime's own choice (one intra-op thread per core, here 2); dlmi's "
-                   "reader/writer pools have min(4, cores) threads; OMP_NUM_THREADS=1 in the environment",
+        "threads": "the defaults (no --threads): onnxruntime's own choice for the model (one intra-op thread "
+                   "per core, here 2), min(4, cores) = 2 reader threads, 4 writer threads; "
+                   "OMP_NUM_THREADS=1 in the environment",
         "old_tree_stub_plugins": stubs,
         "commands": {k: " ".join(v[0]) for k, v in variants.items()},
         "results": rows,
@@ -249,6 +253,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"- the floor (decode each image, write one 1-bit mask PNG at zlib level 1, nothing else, one "
         f"thread, no start-up of onnxruntime) takes {result['floor_over_new_median']:.0%} of new's time with "
         f"overlays and {result['floor_over_new_no_overlays_median']:.0%} with `--no-overlays`.",
+        *[f"- {note}" for note in result.get("notes", [])],
         "",
         "Commands:",
         "",
@@ -260,6 +265,9 @@ def markdown(result: dict[str, Any]) -> str:
 
 def save(result: dict[str, Any]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
+    own = RESULTS / "predict-throughput-cpu"
+    own.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    own.with_suffix(".md").write_text("# `dlmi predict` throughput on the CPU\n\n" + markdown(result))
     json_path, md_path = RESULTS / "deploy-cpu.json", RESULTS / "deploy-cpu.md"
     data = json.loads(json_path.read_text()) if json_path.is_file() else {}
     data[SECTION] = result
@@ -284,7 +292,12 @@ def main() -> None:
     parser.add_argument("--old-commit", default="8fa4d28")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-save", action="store_true")
+    parser.add_argument("--from-json", type=Path, help="rewrite the result files from this stored result")
     args = parser.parse_args()
+    if args.from_json:
+        stored = json.loads(args.from_json.read_text())
+        save(stored.get(SECTION, stored))
+        return
     if args.make_models:
         make_models(args.make_models)
         return

@@ -67,10 +67,16 @@ class PredictSettings:
     overwrite: bool = False
     exclude: tuple[str, ...] = ()
     overlays: bool = True
-    threads: int | None = None  # reader and writer threads each (None: min(4, CPU cores))
+    threads: int | None = None  # reader and writer threads each (None: min(4, CPU cores) readers, 4 writers)
 
     def workers(self) -> int:
+        """Reader threads: ``threads``, or min(4, CPU cores)."""
         return max(1, int(self.threads)) if self.threads else max(1, min(4, os.cpu_count() or 1))
+
+    def writers(self) -> int:
+        """Writer threads: ``threads``, or 4 — writing mostly waits on the disk (each file is fsynced), so
+        more writers than cores keep it busy."""
+        return max(1, int(self.threads)) if self.threads else 4
 
 
 @dataclass
@@ -447,7 +453,7 @@ def predict_folder(
                 report(predicted, len(run.failed) - failed_before, len(pending))
 
     reader = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dlmi-read")
-    writer = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dlmi-write")
+    writer = ThreadPoolExecutor(max_workers=settings.writers(), thread_name_prefix="dlmi-write")
     try:
         batch: list[Loaded] = []
         loaded_stream = _read_ahead(reader, folder, pending, size, window=2 * step + workers)

@@ -46,6 +46,7 @@ TINT = 0.45
 PNG_LEVEL = 1
 GREY_LEVELS = 128  # overlay palette: 128 grey levels, the same 128 tinted, and the outline's red
 OUTLINE_INDEX = 2 * GREY_LEVELS - 1
+Z_RLE = 3  # zlib's run-length strategy for overlays: ~40 % less CPU than the default one, files ~30 % larger
 CLASSIFY_MODE = "classifier"
 
 
@@ -125,9 +126,13 @@ def remove_orphan_temporaries(out: Path) -> int:
 
 
 def outline(mask: np.ndarray) -> np.ndarray:
-    """The mask's boundary pixels (lesion pixels with a non-lesion 4-neighbour)."""
-    padded = np.pad(mask, 1, mode="edge")
-    interior = (padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]) & mask
+    """The mask's boundary pixels (lesion pixels with a non-lesion 4-neighbour; beyond the image's edge
+    counts as the edge pixel itself)."""
+    interior = mask.copy()
+    interior[1:] &= mask[:-1]
+    interior[:-1] &= mask[1:]
+    interior[:, 1:] &= mask[:, :-1]
+    interior[:, :-1] &= mask[:, 1:]
     return mask & ~interior
 
 
@@ -158,9 +163,10 @@ def overlay(grey: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return palette[overlay_indices(grey, mask)]
 
 
-def _save(image: Image.Image, path: Path) -> Path:
+def _save(image: Image.Image, path: Path, strategy: int = -1) -> Path:
     try:
-        return write_atomic(path, lambda handle: image.save(handle, format="PNG", compress_level=PNG_LEVEL))
+        return write_atomic(path, lambda handle: image.save(handle, format="PNG", compress_level=PNG_LEVEL,
+                                                            compress_type=strategy))
     except OSError as exc:
         raise OutputWriteError(f"{path}: cannot write ({exc.strerror or exc})") from exc
 
@@ -180,7 +186,7 @@ def write_overlay(grey: np.ndarray, mask: np.ndarray, path: Path) -> Path:
     """The overlay as an 8-bit palette PNG: a third of the bytes of an RGB PNG to build and compress."""
     image = Image.fromarray(overlay_indices(grey, mask), mode=None)
     image.putpalette(OVERLAY_PALETTE)
-    return _save(image, path)
+    return _save(image, path, strategy=Z_RLE)
 
 
 def write_image_outputs(out: Path, stem: str, grey: np.ndarray, mask: np.ndarray,
