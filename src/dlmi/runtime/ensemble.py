@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from dlmi.errors import DlmiError
+from dlmi.runtime.trained import Trained
 
 MANIFEST = "ensemble.json"
 _EPS = 1e-6
@@ -81,35 +82,11 @@ class ClassifierEnsemble(nn.Module):
 
 
 @dataclass
-class TrainedEnsemble:
-    """An ensemble folder loaded for use: the same attributes as :class:`dlmi.runtime.trained.Trained`."""
+class TrainedEnsemble(Trained):
+    """An ensemble folder loaded for use: a :class:`dlmi.runtime.trained.Trained` whose model is the ensemble
+    (``checkpoint`` is its ``ensemble.json``), plus its loaded ``members``."""
 
-    model: nn.Module
-    meta: dict[str, Any]
-    checkpoint: Path
-    run_dir: Path | None
-    members: list[Any] = field(default_factory=list)
-
-    @property
-    def task(self) -> str:
-        return str(self.meta["task"])
-
-    @property
-    def image_size(self) -> int:
-        return int(self.meta["image_size"])
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.meta.get("classes") or [])
-
-    @property
-    def normal_index(self) -> int | None:
-        normal = self.meta.get("normal_class")
-        return self.classes.index(normal) if normal in self.classes else None
-
-    @property
-    def threshold(self) -> float:
-        return float(self.meta.get("threshold", 0.5))
+    members: list[Trained] = field(default_factory=list)
 
 
 def is_ensemble(path: str | os.PathLike[str]) -> bool:

@@ -110,7 +110,9 @@ def out_of_fold(out: Path, members: list[str], *, flip_tta: bool, device: str = 
 
     split = load_split(out / "split.json")
     keys, labels, probs, masks, truths = [], [], [], [], []
-    torch_device = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    from dlmi.runtime.device import resolve_device
+
+    torch_device = resolve_device(device)
     for fold, name in enumerate(members):
         member = load_trained(out / name, map_location=torch_device)
         config = TrainConfig.load(out / name / "config.json")
