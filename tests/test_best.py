@@ -46,7 +46,7 @@ def test_reproduce_only_best_trains_exports_and_reports(tmp_path):
         entry = best[key]
         assert set(entry) == {"value", "low", "high"}
         assert entry["low"] <= entry["value"] <= entry["high"]
-    assert best["command"] == f"dlmi reproduce --profile tiny --only best --out {out}"
+    assert best["command"] == f"dlmi reproduce --data-root {data} --profile tiny --only best --out {out}"
     assert best["train_minutes"] > 0
 
     for name in ("busi-best", "brain-mri-best"):

@@ -225,3 +225,21 @@ def test_train_folds_end_to_end_on_synthetic(tmp_path):
                                  "--out", str(tmp_path / "pred")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "pred" / "predictions.csv").read_text().count("\n") == 4
+
+
+def test_saturated_ensemble_exports_holding_its_probabilities(tmp_path):
+    """Trained members give probabilities near 0 and 1, where the ensemble's logits (of averaged
+    probabilities) magnify float rounding: parity holds the probabilities and reports the logits."""
+    folder = tmp_path / "ensemble"
+    for fold in range(2):
+        (folder / f"fold-{fold}").mkdir(parents=True)
+        path = write_joint_checkpoint(folder / f"fold-{fold}" / "best.pt", seed=fold)
+        payload = torch.load(path, weights_only=True)
+        payload["model"]["outc.bias"] = torch.tensor([14.0 - 3 * fold])  # probabilities within 1e-5 of 1
+        torch.save(payload, path)
+    (folder / "ensemble.json").write_text(json.dumps({"members": ["fold-0", "fold-1"], "flip_tta": True}))
+    report = export_onnx(segmenter=folder, out=tmp_path / "exported")
+    unet = next(r for r in report.parity if r.file == "unet.onnx")
+    assert unet.passed and "logits" not in unet.checked and "probs" in unet.checked
+    assert json.loads((tmp_path / "exported" / "export.json").read_text())["files"]["unet.onnx"]["parity"][
+        "passed"]

@@ -31,6 +31,7 @@ from dlmi.experiments.profiles import Profile, get_profile
 BUSI_BEST = "busi-best"
 BRAIN_BEST = "brain-mri-best"
 TIMING_FILE = "timing.json"
+LOAD_FILE = "load.json"
 TARGETS = {"lesion_dice": 0.76, "lesion_iou": 0.65, "miou_seed_aided": 0.65, "accuracy_3class": 0.85,
            "detect_accuracy": 0.95, "empty_fpr_aided": 0.15, "brain_accuracy": 0.88}
 LOWER_IS_BETTER = {"empty_fpr_aided"}
@@ -79,8 +80,9 @@ RECIPES: dict[str, BestRecipe] = {
 }
 
 
-def best_command(profile: str, out: Path) -> str:
-    return f"dlmi reproduce --profile {profile} --only best --out {out}"
+def best_command(data_root: Path, profile: str, out: Path) -> str:
+    """The command that trains (or resumes) this configuration and leaves its exported ONNX folders."""
+    return f"dlmi reproduce --data-root {data_root} --profile {profile} --only best --out {out}"
 
 
 def _timing(out: Path) -> dict[str, float]:
@@ -92,13 +94,25 @@ def _timing(out: Path) -> dict[str, float]:
 
 
 def _timed(out: Path, name: str, work: Callable[[], Any]) -> Any:
-    """Run ``work`` and add its wall time to ``out/timing.json`` (a resumed stage adds its remainder)."""
-    started = time.perf_counter()
+    """Run ``work`` and add its wall time to ``out/timing.json`` (a resumed stage adds its remainder); the
+    1-minute load average at its start and end goes to ``out/load.json``."""
+    started, load_before = time.perf_counter(), os.getloadavg()[0]
     result = work()
     timing = _timing(out)
     timing[name] = timing.get(name, 0.0) + time.perf_counter() - started
     write_json_atomic(out / TIMING_FILE, timing)
+    loads = _read_loads(out)
+    loads[name] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    write_json_atomic(out / LOAD_FILE, loads)
     return result
+
+
+def _read_loads(out: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((out / LOAD_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def train_best(data_root: Path, profile: Profile, out: Path, *, quiet: bool = True,
@@ -246,7 +260,7 @@ def _value(entry: dict[str, Any]) -> dict[str, Any]:
     return {"value": entry["value"], "low": entry["low"], "high": entry["high"]}
 
 
-def score_best(folders: dict[str, Path], profile: Profile, out: Path, *, resamples: int,
+def score_best(folders: dict[str, Path], data_root: Path, profile: Profile, out: Path, *, resamples: int,
                extra: dict[str, Path] | None = None) -> dict[str, Any]:
     """Evaluate both ensembles on their test sides and measure the BUSI ablation."""
     from dlmi.evaluation.evaluator import evaluate_run, load_inputs
@@ -265,7 +279,7 @@ def score_best(folders: dict[str, Path], profile: Profile, out: Path, *, resampl
         "empty_fpr_aided": _value(aided["empty_truth_false_positive_rate"]),
         "brain_accuracy": _value(brain["classification"]["accuracy"]),
         "train_minutes": round(timing.get(BUSI_BEST, float("nan")) / 60, 1),
-        "command": best_command(profile.name, out),
+        "command": best_command(data_root, profile.name, out),
     }
     inputs = load_inputs(folders[BUSI_BEST], device="cpu")
     rows = ablation(folders[BUSI_BEST], inputs.source, inputs.sides["test"], resamples, extra)
@@ -287,6 +301,12 @@ def _signed(entry: dict[str, Any] | None) -> str:
     if not entry or entry.get("value") is None:
         return "—"
     return f"{entry['value']:+.3f} [{entry['low']:+.3f}, {entry['high']:+.3f}]"
+
+
+def _loads(loads: dict[str, Any] | None) -> str:
+    if not loads:
+        return "not recorded (a run started before dlmi recorded it)"
+    return "; ".join(f"{name} {pair[0]} → {pair[1]}" for name, pair in loads.items())
 
 
 def markdown(result: dict[str, Any], profile: Profile, recipe: BestRecipe, machine: dict[str, Any]) -> str:
@@ -313,10 +333,10 @@ def markdown(result: dict[str, Any], profile: Profile, recipe: BestRecipe, machi
         "the test sides of the same leakage-free splits as the seed rows "
         "(`reproduce-cpu-split-*.json`); scored once, at the model's input size (true masks resized, "
         "nearest). Brackets: 95 % percentile bootstrap over images.",
-        f"- **Machine**: {machine.get('cpu_count')} CPUs, torch {machine.get('torch')}, load average "
+        f"- **Machine**: {machine.get('cpu_count')} CPUs, torch {machine.get('torch')}; 1-minute load "
+        f"average at the start and end of training: {_loads(machine.get('training_load'))}; "
         f"{machine.get('load_before')} before and {machine.get('load_after')} after scoring "
-        "(a 1-minute load above the core count means other jobs shared the cores, so wall times are upper "
-        "bounds).",
+        "(a load above the core count means other jobs shared the cores, so wall times are upper bounds).",
         "",
         "## Headline (test side)",
         "",
@@ -378,7 +398,8 @@ def run_best(data_root: str | os.PathLike[str], profile_name: str = "cpu",
         log(f"exported: {_export(folder)}")
     machine = machine_info()
     machine["load_before"] = round(os.getloadavg()[0], 2)
-    result = score_best(folders, profile, out, resamples=resamples or profile.resamples)
+    machine["training_load"] = _read_loads(out)
+    result = score_best(folders, data_root, profile, out, resamples=resamples or profile.resamples)
     machine["load_after"] = round(os.getloadavg()[0], 2)
     recipe = RECIPES[profile.name]
     results_dir = Path(results)
