@@ -84,6 +84,9 @@ def predict_command(
     fp16: bool = typer.Option(
         False, "--fp16", help="Run the *_fp16.onnx files (from export --fp16; for GPUs)."
     ),
+    int8: bool = typer.Option(
+        False, "--int8", help="Run the *_int8.onnx files (from export --int8; quantized, for CPUs)."
+    ),
     exclude: list[str] | None = typer.Option(
         None, "--exclude", help="Leave out files whose name or path matches this glob, e.g. '*_mask*' "
                                 "(repeatable)."
@@ -109,7 +112,7 @@ def predict_command(
     from dlmi.inference.predictor import open_predictor
 
     predictor = open_predictor(models or [], backend=backend, provider=provider, aided=aided, tile=tile,
-                               threads=threads or None, fp16=fp16)
+                               threads=threads or None, fp16=fp16, int8=int8)
     typer.echo(f"running on: {predictor.running_on}")
     settings = PredictSettings(aided=aided, tile=tile, threshold=threshold, batch_size=batch_size,
                                overwrite=overwrite, exclude=tuple(exclude or ()), overlays=overlays,
