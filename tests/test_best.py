@@ -47,7 +47,8 @@ def test_reproduce_only_best_trains_exports_and_reports(tmp_path):
         assert set(entry) == {"value", "low", "high"}
         assert entry["low"] <= entry["value"] <= entry["high"]
     assert best["command"] == f"dlmi reproduce --data-root {data} --profile tiny --only best --out {out}"
-    assert best["train_minutes"] > 0
+    seconds = json.loads((out / "timing.json").read_text())["busi-best"]
+    assert seconds > 0 and best["train_minutes"] == round(seconds / 60, 1)
 
     for name in ("busi-best", "brain-mri-best"):
         manifest = json.loads((out / name / "ensemble.json").read_text())
