@@ -9,7 +9,7 @@ The names are imported on first use, so ``dlmi evaluate masks`` (numpy and Pillo
 
 from __future__ import annotations
 
-from typing import Any
+from dlmi.lazy import lazy_exports
 
 _EXPORTS = {
     "evaluate_masks": "dlmi.evaluation.masks",
@@ -20,9 +20,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'dlmi.evaluation' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -11,7 +11,7 @@ From a notebook::
 
 from __future__ import annotations
 
-from typing import Any
+from dlmi.lazy import lazy_exports
 
 _EXPORTS = {
     "export_onnx": "dlmi.export.onnx_export",
@@ -23,10 +23,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    """Import lazily, so ``import dlmi.export`` does not pull in torch.onnx."""
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'dlmi.export' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -10,7 +10,7 @@ From a notebook::
 
 from __future__ import annotations
 
-from typing import Any
+from dlmi.lazy import lazy_exports
 
 _EXPORTS = {
     "open_predictor": "dlmi.inference.predictor",
@@ -22,10 +22,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    """Import lazily, so ``import dlmi.inference`` does not pull in onnxruntime."""
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'dlmi.inference' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

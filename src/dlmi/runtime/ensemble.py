@@ -30,8 +30,8 @@ MANIFEST = "ensemble.json"
 _EPS = 1e-6
 
 
-class JointEnsemble(nn.Module):
-    """The mean of joint networks ``m(x) -> (seg_logits, class_logits)`` (and of their mirrored views)."""
+class _Averaged(nn.Module):
+    """Members and the views each one sees: the image, and its mirror with ``flip_tta``."""
 
     def __init__(self, members: Sequence[nn.Module], *, flip_tta: bool = True) -> None:
         super().__init__()
@@ -40,8 +40,15 @@ class JointEnsemble(nn.Module):
         self.members = nn.ModuleList(members)
         self.flip_tta = bool(flip_tta)
 
+    def views(self, image: torch.Tensor) -> list[torch.Tensor]:
+        return [image, torch.flip(image, dims=[-1])] if self.flip_tta else [image]
+
+
+class JointEnsemble(_Averaged):
+    """The mean of joint networks ``m(x) -> (seg_logits, class_logits)`` (and of their mirrored views)."""
+
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        views = [image, torch.flip(image, dims=[-1])] if self.flip_tta else [image]
+        views = self.views(image)
         class_sum: torch.Tensor | None = None
         mask_sum: torch.Tensor | None = None
         for member in self.members:
@@ -60,18 +67,11 @@ class JointEnsemble(nn.Module):
         return torch.log(mask_mean) - torch.log1p(-mask_mean), torch.log(class_mean)
 
 
-class ClassifierEnsemble(nn.Module):
+class ClassifierEnsemble(_Averaged):
     """The mean softmax of classifiers ``m(x) -> class_logits`` (and of mirrored views); returns its log."""
 
-    def __init__(self, members: Sequence[nn.Module], *, flip_tta: bool = True) -> None:
-        super().__init__()
-        if not members:
-            raise ValueError("an ensemble needs at least one member")
-        self.members = nn.ModuleList(members)
-        self.flip_tta = bool(flip_tta)
-
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        views = [image, torch.flip(image, dims=[-1])] if self.flip_tta else [image]
+        views = self.views(image)
         total: torch.Tensor | None = None
         for member in self.members:
             for view in views:

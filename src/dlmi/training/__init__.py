@@ -12,7 +12,7 @@ From a notebook::
 
 from __future__ import annotations
 
-from typing import Any
+from dlmi.lazy import lazy_exports
 
 _EXPORTS = {
     "TrainConfig": "dlmi.training.config",
@@ -27,10 +27,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    """Import lazily, so ``import dlmi.runtime.trained`` does not pull in the whole loop."""
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'dlmi.training' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
