@@ -239,8 +239,7 @@ def _call_register_hook(plugins: Plugins, registry: Registry, hook_name: str, im
     except DlmiError as exc:
         if source == BUILTIN_SOURCE:
             raise
-        raise DlmiError(f"plugin from {source} ({hook_name}): {exc} "
-                        f"(set {DISABLE_ENV}=1 to run without plugins)") from exc
+        raise _named(exc, source, hook_name) from exc
     except Exception as exc:
         if source == BUILTIN_SOURCE:
             raise
@@ -250,6 +249,12 @@ def _call_register_hook(plugins: Plugins, registry: Registry, hook_name: str, im
     if not impl.argnames:
         _warn(plugins, f"plugin from {source}: {hook_name}() takes no 'register' argument, so it "
                        "registers nothing")
+
+
+def _named(exc: DlmiError, source: str, hook_name: str) -> DlmiError:
+    """A plugin's own one-line error, naming the plugin and its hook."""
+    return DlmiError(f"plugin from {source} ({hook_name}): {exc} "
+                     f"(set {DISABLE_ENV}=1 to run without plugins)")
 
 
 def register_commands(app: Any, plugins: Plugins | None = None) -> None:
@@ -262,8 +267,7 @@ def register_commands(app: Any, plugins: Plugins | None = None) -> None:
         except DlmiError as exc:
             if source == BUILTIN_SOURCE:
                 raise
-            raise DlmiError(f"plugin from {source} ({COMMANDS_HOOK}): {exc} "
-                            f"(set {DISABLE_ENV}=1 to run without plugins)") from exc
+            raise _named(exc, source, COMMANDS_HOOK) from exc
         except Exception as exc:
             if source == BUILTIN_SOURCE:
                 raise

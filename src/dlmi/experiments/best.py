@@ -164,9 +164,10 @@ class Scored:
     aided_iou: np.ndarray
     aided_dice: np.ndarray
     any_pixel: np.ndarray
+    lesion: np.ndarray  # the images of a lesion class (every class but the normal one)
 
 
-def _score_variant(name: str, trained: Any, source: Any, samples: list[Any], normal_index: int) -> Scored:
+def _score_variant(name: str, trained: Any, source: Any, samples: list[Any]) -> Scored:
     from dlmi.evaluation.predict import predict_side
     from dlmi.metrics.segmentation import dice_from_counts, iou_from_counts, mask_counts
 
@@ -175,7 +176,8 @@ def _score_variant(name: str, trained: Any, source: Any, samples: list[Any], nor
     counts = mask_counts(aided, preds.true_masks)
     return Scored(name=name, keys=preds.keys, labels=preds.labels,
                   pred_class=preds.class_logits.argmax(1), aided_iou=iou_from_counts(*counts),
-                  aided_dice=dice_from_counts(*counts), any_pixel=counts[1] > 0)
+                  aided_dice=dice_from_counts(*counts), any_pixel=counts[1] > 0,
+                  lesion=preds.labels != trained.normal_index)
 
 
 def _variants(folder: Path, extra: dict[str, Path]) -> list[tuple[str, Any]]:
@@ -209,7 +211,7 @@ def _paired(a: Scored, b: Scored, resamples: int) -> dict[str, Any]:
     """(b − a) per image with paired bootstrap intervals: lesion Dice, seed mIoU, 3-class accuracy."""
     from dlmi.metrics.bootstrap import scored_mean
 
-    lesion = a.labels != 0
+    lesion = a.lesion
     opts = {"resamples": resamples}
     return {
         "lesion_dice": scored_mean(b.aided_dice[lesion] - a.aided_dice[lesion],
@@ -232,8 +234,8 @@ def ablation(folder: Path, source: Any, samples: list[Any], resamples: int,
     rows = []
     previous: Scored | None = None
     for name, trained in _variants(folder, extra or {}):
-        scored = _score_variant(name, trained, source, samples, 0)
-        lesion = scored.labels != 0
+        scored = _score_variant(name, trained, source, samples)
+        lesion = scored.lesion
         row = {
             "step": name,
             "lesion_dice": scored_mean(scored.aided_dice[lesion], "mean over test lesion images, aided",

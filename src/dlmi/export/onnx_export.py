@@ -248,7 +248,7 @@ def export_onnx(
 def _export_joint(joint: Source, out: Path, *, fp16: bool, tolerance: float,
                   fp16_tolerance: float) -> ExportReport:
     """A joint model's three files: its class head, its mask, and the gated two-stage graph (one pass)."""
-    from dlmi.runtime.graphs import JointClasses, JointMask
+    from dlmi.runtime.graphs import JointOutput
     from dlmi.runtime.two_stage import JointPipeline
 
     size = joint.image_size
@@ -267,12 +267,13 @@ def _export_joint(joint: Source, out: Path, *, fp16: bool, tolerance: float,
                                   segmenter=joint.pair if kind != CLASSIFIER else None)
 
         exported.append(_export_one(
-            CLASSIFIER, precision, ClassifierGraph(JointClasses(net)),
-            ClassifierGraph(JointClasses(joint.model)),
+            CLASSIFIER, precision, ClassifierGraph(JointOutput(net, JointOutput.CLASSES)),
+            ClassifierGraph(JointOutput(joint.model, JointOutput.CLASSES)),
             size=size, dynamic_axes={0: "batch"}, parity_shapes=[(n, 1, size, size) for n in (1, 3)],
             tolerance=tol, metadata=meta(CLASSIFIER, ClassifierGraph.output_names)))
         exported.append(_export_one(
-            SEGMENTER, precision, SegmenterGraph(JointMask(net)), SegmenterGraph(JointMask(joint.model)),
+            SEGMENTER, precision, SegmenterGraph(JointOutput(net, JointOutput.MASK)),
+            SegmenterGraph(JointOutput(joint.model, JointOutput.MASK)),
             size=size, dynamic_axes={0: "batch", 2: "height", 3: "width"},
             parity_shapes=_segmenter_shapes(size), tolerance=tol,
             metadata=meta(SEGMENTER, SegmenterGraph.output_names)))

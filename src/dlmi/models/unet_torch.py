@@ -105,19 +105,28 @@ class UNet(nn.Module):
         self.up4 = Up(2 * c, c, bilinear)
         self.outc = nn.Conv2d(c, out_channels, kernel_size=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def padded(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` padded (bottom and right, edge replication) up to a multiple of 16."""
         height, width = x.shape[-2], x.shape[-1]
         # (-n) % m is the padding up to the next multiple of m (0 when already a multiple); no branch.
-        pad_bottom = (-height) % SIZE_MULTIPLE
-        pad_right = (-width) % SIZE_MULTIPLE
-        x = F.pad(x, (0, pad_right, 0, pad_bottom), mode="replicate")
+        return F.pad(x, (0, (-width) % SIZE_MULTIPLE, 0, (-height) % SIZE_MULTIPLE), mode="replicate")
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder's five levels (full resolution first, the bottleneck last) of a padded input."""
         x1 = self.inc(x)
         x2 = self.down1(x1)
         x3 = self.down2(x2)
         x4 = self.down3(x3)
-        x5 = self.down4(x4)
-        y = self.up1(x5, x4)
-        y = self.up2(y, x3)
-        y = self.up3(y, x2)
-        y = self.up4(y, x1)
-        return self.outc(y)[..., :height, :width]
+        return [x1, x2, x3, x4, self.down4(x4)]
+
+    def decode(self, levels: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The decoder's four outputs, coarsest (1/8) first, full resolution last."""
+        x1, x2, x3, x4, x5 = levels
+        y1 = self.up1(x5, x4)
+        y2 = self.up2(y1, x3)
+        y3 = self.up3(y2, x2)
+        return [y1, y2, y3, self.up4(y3, x1)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2], x.shape[-1]
+        return self.outc(self.decode(self.encode(self.padded(x)))[-1])[..., :height, :width]

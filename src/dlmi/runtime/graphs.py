@@ -51,23 +51,16 @@ class AsHalf(nn.Module):
         return self.network(x.half()).float()
 
 
-class JointMask(nn.Module):
-    """The mask output of a joint network ``m(x) -> (seg_logits, class_logits)`` as a segmenter."""
+class JointOutput(nn.Module):
+    """One output of a joint network ``m(x) -> (seg_logits, class_logits)``: ``index`` 0 the mask (as a
+    segmenter), 1 the classes (as a classifier)."""
 
-    def __init__(self, joint: nn.Module) -> None:
+    MASK, CLASSES = 0, 1
+
+    def __init__(self, joint: nn.Module, index: int) -> None:
         super().__init__()
         self.joint = joint
+        self.index = int(index)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.joint(image)[0]
-
-
-class JointClasses(nn.Module):
-    """The class output of a joint network as a classifier."""
-
-    def __init__(self, joint: nn.Module) -> None:
-        super().__init__()
-        self.joint = joint
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.joint(image)[1]
+        return self.joint(image)[self.index]

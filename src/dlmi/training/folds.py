@@ -133,15 +133,11 @@ def out_of_fold(out: Path, members: list[str], *, flip_tta: bool, device: str = 
             "normal_index": member.normal_index}
 
 
-def _seed_miou(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    inter = (pred & truth).reshape(len(pred), -1).sum(1)
-    union = (pred | truth).reshape(len(pred), -1).sum(1)
-    return np.where(union == 0, 1.0, inter / np.maximum(union, 1))
-
-
 def choose_postprocess(out: Path, members: list[str], *, flip_tta: bool,
                        device: str = "cpu") -> dict[str, Any]:
     """The threshold and lesion-size rule with the highest out-of-fold seed mIoU (gate applied)."""
+    from dlmi.metrics.segmentation import dice_from_counts, iou_from_counts, mask_counts
+
     oof = out_of_fold(out, members, flip_tta=flip_tta, device=device)
     probs, truth = oof["mask_probs"].astype(np.float32), oof["true_masks"].astype(bool)
     normal = oof["normal_index"]
@@ -155,9 +151,8 @@ def choose_postprocess(out: Path, members: list[str], *, flip_tta: bool,
         area = pred.reshape(len(pred), -1).sum(1)
         gated = said_normal | (area < min_pixels)
         pred[gated] = False
-        scores = _seed_miou(pred, truth)
-        dice = 2 * (pred & truth).reshape(len(pred), -1).sum(1) / np.maximum(
-            pred.reshape(len(pred), -1).sum(1) + truth.reshape(len(truth), -1).sum(1), 1)
+        counts = mask_counts(pred, truth)
+        scores, dice = iou_from_counts(*counts), dice_from_counts(*counts)
         table.append({"threshold": threshold, "min_lesion_pixels": min_pixels,
                       "miou_seed_aided": float(scores.mean()),
                       "lesion_dice_aided": float(dice[lesion].mean()) if lesion.any() else float("nan"),
