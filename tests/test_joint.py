@@ -243,3 +243,23 @@ def test_saturated_ensemble_exports_holding_its_probabilities(tmp_path):
     assert unet.passed and "logits" not in unet.checked and "probs" in unet.checked
     assert json.loads((tmp_path / "exported" / "export.json").read_text())["files"]["unet.onnx"]["parity"][
         "passed"]
+
+def test_classifier_folds_record_their_out_of_fold_accuracy(tmp_path):
+    """`dlmi train classifier --folds 2`: ensemble.json says how often each development image's held-out
+    member was right — the number a recipe is chosen on, without the test side."""
+    from dlmi.cli.main import make_app
+    from dlmi.training.folds import out_of_fold
+
+    out = tmp_path / "cls"
+    args = ["train", "classifier", "--dataset", "synthetic", "--model", "seed-cnn", "--image-size", "64",
+            "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--folds", "2", "--quiet",
+            "--out", str(out)]
+    result = CliRunner().invoke(make_app(), args)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "ensemble.json").read_text())
+    split = json.loads((out / "split.json").read_text())
+    development = set(split["train"]) | set(split["val"])
+    assert manifest["oof_images"] == len(development)
+    oof = out_of_fold(out, manifest["members"], flip_tta=True)
+    assert set(oof["keys"]) == development and oof["mask_probs"] is None
+    assert manifest["oof_accuracy"] == float((oof["class_probs"].argmax(1) == oof["labels"]).mean())

@@ -92,6 +92,10 @@ def train_folds(config: TrainConfig, folds: int, *, flip_tta: bool = True) -> Pa
             train(member)
         members.append(run.name)
     manifest: dict[str, Any] = {"kind": "dlmi ensemble", "members": members, "flip_tta": flip_tta}
+    if config.task == CLASSIFICATION:
+        oof = out_of_fold(out, members, flip_tta=flip_tta, device=config.device)
+        manifest["oof_accuracy"] = float((oof["class_probs"].argmax(1) == oof["labels"]).mean())
+        manifest["oof_images"] = len(oof["labels"])
     if config.task == JOINT:
         choice = choose_postprocess(out, members, flip_tta=flip_tta, device=config.device)
         manifest.update(threshold=choice["threshold"], min_lesion_pixels=choice["min_lesion_pixels"],
@@ -101,9 +105,10 @@ def train_folds(config: TrainConfig, folds: int, *, flip_tta: bool = True) -> Pa
 
 
 def out_of_fold(out: Path, members: list[str], *, flip_tta: bool, device: str = "cpu") -> dict[str, Any]:
-    """Every development image predicted by the member that did not train on it (class probs, mask probs)."""
+    """Every development image predicted by the member that did not train on it: class probs, and for joint
+    members mask probs and true masks (``None`` for classifiers)."""
     from dlmi.evaluation.predict import EvalImages
-    from dlmi.runtime.ensemble import JointEnsemble
+    from dlmi.runtime.ensemble import ClassifierEnsemble, JointEnsemble
     from dlmi.runtime.trained import load_trained
     from dlmi.splits import load_split, split_samples
     from dlmi.training.data import load_source
@@ -118,19 +123,23 @@ def out_of_fold(out: Path, members: list[str], *, flip_tta: bool, device: str = 
         config = TrainConfig.load(out / name / "config.json")
         source, samples = load_source(config)
         val = list(split_samples(split, samples, "val", fold=fold))
-        net = JointEnsemble([member.model], flip_tta=flip_tta).to(torch_device).eval()
+        joint = config.task == JOINT
+        ensemble = JointEnsemble if joint else ClassifierEnsemble
+        net = ensemble([member.model], flip_tta=flip_tta).to(torch_device).eval()
         loader = DataLoader(EvalImages(source, val, member.image_size), batch_size=16)
         with torch.inference_mode():
             for batch in loader:
-                seg_logits, class_logits = net(batch["image"].to(torch_device))
+                outputs = net(batch["image"].to(torch_device))
+                class_logits = outputs[1] if joint else outputs
                 probs.append(torch.softmax(class_logits, 1).cpu().numpy())
-                masks.append(torch.sigmoid(seg_logits[:, 0]).cpu().numpy().astype(np.float16))
-                truths.append(batch["mask"].numpy())
+                if joint:
+                    masks.append(torch.sigmoid(outputs[0][:, 0]).cpu().numpy().astype(np.float16))
+                    truths.append(batch["mask"].numpy())
                 labels.append(batch["label"].numpy())
         keys += [s.key for s in val]
     return {"keys": keys, "labels": np.concatenate(labels), "class_probs": np.concatenate(probs),
-            "mask_probs": np.concatenate(masks), "true_masks": np.concatenate(truths),
-            "normal_index": member.normal_index}
+            "mask_probs": np.concatenate(masks) if masks else None,
+            "true_masks": np.concatenate(truths) if truths else None, "normal_index": member.normal_index}
 
 
 def choose_postprocess(out: Path, members: list[str], *, flip_tta: bool,
