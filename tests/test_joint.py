@@ -104,6 +104,17 @@ def test_pipeline_gates_on_its_own_head_and_on_tiny_lesions():
     assert EMPTY_LOGIT < -100
 
 
+def test_pipeline_gates_on_the_normal_probability_when_given_a_threshold():
+    # Image 0: benign wins the arg-max, yet normal holds 0.40 of the probability; image 1: normal holds 0.21.
+    class_logits = torch.log(torch.tensor([[0.40, 0.45, 0.15], [0.21, 0.70, 0.09]]))
+    seg = torch.full((2, 1, 8, 8), 5.0)
+    by_argmax = JointPipeline(FixedJoint(class_logits, seg), normal_index=0)(torch.zeros(2, 1, 8, 8))[2]
+    assert by_argmax.tolist() == [False, False]
+    _, masks, gated = JointPipeline(FixedJoint(class_logits, seg), normal_index=0,
+                                    normal_threshold=0.3)(torch.zeros(2, 1, 8, 8))
+    assert gated.tolist() == [True, False] and masks[0].max() == 0 and masks[1].min() > 0.5
+
+
 def test_flip_tta_is_mirror_symmetric_and_averages_members():
     a, b = joint_model(1), joint_model(2)
     image = torch.rand(2, 1, 32, 48)
@@ -263,3 +274,24 @@ def test_classifier_folds_record_their_out_of_fold_accuracy(tmp_path):
     oof = out_of_fold(out, manifest["members"], flip_tta=True)
     assert set(oof["keys"]) == development and oof["mask_probs"] is None
     assert manifest["oof_accuracy"] == float((oof["class_probs"].argmax(1) == oof["labels"]).mean())
+
+
+def test_a_chosen_normal_threshold_travels_into_the_exported_graph(ensemble_folder, tmp_path):
+    """ensemble.json's normal_threshold gates in PyTorch (build_pipeline) and in two_stage.onnx alike."""
+    from dlmi.runtime.two_stage import build_pipeline
+
+    image = np.random.default_rng(1).random((6, 1, 32, 32), dtype=np.float32)
+    with torch.no_grad():
+        class_logits = load_ensemble(ensemble_folder).model(torch.from_numpy(image))[1]
+    normal_probs = torch.softmax(class_logits, 1)[:, 0]
+    threshold = float(normal_probs.median())
+    manifest = json.loads((ensemble_folder / "ensemble.json").read_text())
+    manifest.update(min_lesion_pixels=0, normal_threshold=threshold)
+    (ensemble_folder / "ensemble.json").write_text(json.dumps(manifest))
+    loaded = load_ensemble(ensemble_folder)
+    with torch.no_grad():
+        t_gated = build_pipeline(loaded)(torch.from_numpy(image))[2]
+    assert t_gated.tolist() == (normal_probs >= threshold).tolist() and 0 < int(t_gated.sum()) < 6
+    export_onnx(segmenter=ensemble_folder, out=tmp_path / "exported")
+    gated = ort_session(tmp_path / "exported" / "two_stage.onnx").run(None, {"image": image})[2]
+    assert gated.astype(bool).tolist() == t_gated.tolist()

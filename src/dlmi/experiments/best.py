@@ -189,7 +189,7 @@ def _variants(folder: Path, extra: dict[str, Path]) -> list[tuple[str, Any]]:
 
     full = load_ensemble(folder)
     single = load_trained(folder / "fold-0")
-    plain_meta = {**full.meta, "threshold": 0.5, "min_lesion_pixels": 0}
+    plain_meta = {**full.meta, "threshold": 0.5, "min_lesion_pixels": 0, "normal_threshold": None}
 
     def ensemble_of(members: list[Any], flip: bool, meta: dict[str, Any]) -> TrainedEnsemble:
         return TrainedEnsemble(model=JointEnsemble([m.model for m in members], flip_tta=flip).eval(),

@@ -249,13 +249,10 @@ def _export_joint(joint: Source, out: Path, *, fp16: bool, tolerance: float,
                   fp16_tolerance: float) -> ExportReport:
     """A joint model's three files: its class head, its mask, and the gated two-stage graph (one pass)."""
     from dlmi.runtime.graphs import JointOutput
-    from dlmi.runtime.two_stage import JointPipeline
+    from dlmi.runtime.two_stage import JointPipeline, joint_pipeline_options
 
     size = joint.image_size
-    gate_index = normal_index(joint)
-    pipeline_options = {"normal_index": gate_index,
-                        "min_lesion_pixels": int(joint.meta.get("min_lesion_pixels", 0)),
-                        "threshold": float(joint.meta.get("threshold", 0.5))}
+    pipeline_options = joint_pipeline_options(joint.meta, normal_index(joint))
     exported: list[Exported] = []
     for precision in ["fp32", "fp16"] if fp16 else ["fp32"]:
         tol = tolerance if precision == "fp32" else fp16_tolerance

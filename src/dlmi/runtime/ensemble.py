@@ -131,7 +131,7 @@ def load_ensemble(folder: str | os.PathLike[str], *, checkpoint_name: str = "bes
         threshold=float(manifest.get("threshold", first.threshold)),
         run_dir=str(folder),
     )
-    for key in ("min_lesion_pixels", "postprocess"):
+    for key in ("min_lesion_pixels", "normal_threshold", "postprocess"):
         if key in manifest:
             meta[key] = manifest[key]
     kind = JointEnsemble if first.task == "joint" else ClassifierEnsemble

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dlmi.runtime.gating import gate_logits, is_normal
+from dlmi.runtime.gating import gate_logits, is_normal, says_normal
 
 OUTPUT_NAMES = ("class_probs", "mask_probs", "gated")
 
@@ -89,20 +89,23 @@ class TwoStage(Pipeline):
 class JointPipeline(Pipeline):
     """A joint network ``model(image) -> (seg_logits, class_logits)``: its own class head is the gate.
 
-    With ``min_lesion_pixels`` > 0 an image is also gated (called lesion-free) when fewer of its pixels than
-    that pass ``threshold`` — a post-processing rule chosen on validation predictions, kept in the graph.
+    Two post-processing rules chosen on out-of-fold predictions, kept in the graph: with ``normal_threshold``
+    an image is gated when its normal-class probability is at least that (instead of the arg-max being
+    normal); with ``min_lesion_pixels`` > 0 it is also gated (called lesion-free) when fewer of its pixels
+    than that pass ``threshold``.
     """
 
     def __init__(self, model: nn.Module, *, normal_index: int, min_lesion_pixels: int = 0,
-                 threshold: float = 0.5) -> None:
+                 threshold: float = 0.5, normal_threshold: float | None = None) -> None:
         super().__init__()
         self.model = model
         self.normal_index = int(normal_index)
         self.min_lesion_pixels = int(min_lesion_pixels)
         self.logit_threshold = math.log(threshold / (1.0 - threshold))
+        self.normal_threshold = None if normal_threshold is None else float(normal_threshold)
 
     def gate(self, class_logits: torch.Tensor, seg_logits: torch.Tensor) -> torch.Tensor:
-        gated = is_normal(class_logits, self.normal_index)
+        gated = says_normal(class_logits, self.normal_index, self.normal_threshold)
         if self.min_lesion_pixels > 0:
             area = (seg_logits > self.logit_threshold).flatten(1).sum(dim=1)
             gated = gated | (area < self.min_lesion_pixels)
@@ -122,10 +125,18 @@ def build_pipeline(segmenter: Any, classifier: Any = None) -> Pipeline | None:
     if segmenter.task == "joint":
         if segmenter.normal_index is None:
             return None
-        return JointPipeline(segmenter.model, normal_index=segmenter.normal_index,
-                             min_lesion_pixels=int(segmenter.meta.get("min_lesion_pixels", 0)),
-                             threshold=segmenter.threshold)
+        options = joint_pipeline_options(segmenter.meta, segmenter.normal_index)
+        return JointPipeline(segmenter.model, **options)
     if classifier is None or classifier.normal_index is None:
         return None
     return TwoStage(classifier.model, segmenter.model, normal_index=classifier.normal_index,
                     classifier_size=classifier.image_size, segmenter_size=segmenter.image_size)
+
+
+def joint_pipeline_options(meta: dict[str, Any], normal_index: int) -> dict[str, Any]:
+    """A joint model's :class:`JointPipeline` settings from its metadata (the post-processing rules an
+    ensemble's ``ensemble.json`` chose; defaults for a single run)."""
+    normal_threshold = meta.get("normal_threshold")
+    return {"normal_index": int(normal_index), "min_lesion_pixels": int(meta.get("min_lesion_pixels", 0)),
+            "threshold": float(meta.get("threshold", 0.5)),
+            "normal_threshold": None if normal_threshold is None else float(normal_threshold)}

@@ -6,8 +6,9 @@ folders, each trained on its fold's train part and validated on its val part), a
 
 Every setting of the ensemble is chosen on out-of-fold predictions — each development image predicted by
 the one member that did not train on it (with flip TTA, as the ensemble runs) — never on the test side:
-the probability threshold and the smallest lesion (in pixels at the model's size) below which an image is
-called lesion-free, by the highest seed mIoU with the gate (all images; empty ∩ empty = 1).
+the probability threshold, the smallest lesion (in pixels at the model's size) below which an image is
+called lesion-free, and the gate's rule (the arg-max class is normal, or the normal class's probability is at
+least a threshold), by the highest seed mIoU with the gate (all images; empty ∩ empty = 1).
 
 Resumable: a finished fold is kept, an interrupted one continues from its ``last.pt``, and ``ensemble.json``
 is written (atomically) only once every fold has finished.
@@ -30,6 +31,7 @@ from dlmi.errors import DlmiError
 from dlmi.training.config import CLASSIFICATION, JOINT, TrainConfig
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+NORMAL_THRESHOLDS = (None, 0.3, 0.4, 0.5, 0.6, 0.7)  # None: the arg-max class is normal
 MIN_LESION_FRACTIONS = (0.0, 0.0005, 0.001, 0.002, 0.004)  # of the image's pixels (8, 16, 33, 66 at 128²)
 
 
@@ -99,7 +101,7 @@ def train_folds(config: TrainConfig, folds: int, *, flip_tta: bool = True) -> Pa
     if config.task == JOINT:
         choice = choose_postprocess(out, members, flip_tta=flip_tta, device=config.device)
         manifest.update(threshold=choice["threshold"], min_lesion_pixels=choice["min_lesion_pixels"],
-                        postprocess=choice)
+                        normal_threshold=choice["normal_threshold"], postprocess=choice)
     write_json_atomic(out / "ensemble.json", manifest)
     return out
 
@@ -144,17 +146,26 @@ def out_of_fold(out: Path, members: list[str], *, flip_tta: bool, device: str = 
 
 def choose_postprocess(out: Path, members: list[str], *, flip_tta: bool,
                        device: str = "cpu") -> dict[str, Any]:
-    """The threshold and lesion-size rule with the highest out-of-fold seed mIoU (gate applied)."""
+    """The threshold, lesion-size rule and gate rule with the highest out-of-fold seed mIoU (gate applied)."""
     from dlmi.metrics.segmentation import dice_from_counts, iou_from_counts, mask_counts
 
     oof = out_of_fold(out, members, flip_tta=flip_tta, device=device)
     probs, truth = oof["mask_probs"].astype(np.float32), oof["true_masks"].astype(bool)
     normal = oof["normal_index"]
-    said_normal = oof["class_probs"].argmax(1) == (normal if normal is not None else -1)
+    class_probs = oof["class_probs"]
     pixels = probs.shape[1] * probs.shape[2]
     lesion = truth.reshape(len(truth), -1).any(1)
     table = []
-    for threshold, fraction in itertools.product(THRESHOLDS, MIN_LESION_FRACTIONS):
+    for threshold, fraction, normal_threshold in itertools.product(THRESHOLDS, MIN_LESION_FRACTIONS,
+                                                                    NORMAL_THRESHOLDS):
+        if normal is None:
+            if normal_threshold is not None:
+                continue
+            said_normal = np.zeros(len(class_probs), dtype=bool)
+        elif normal_threshold is None:
+            said_normal = class_probs.argmax(1) == normal
+        else:
+            said_normal = class_probs[:, normal] >= normal_threshold
         min_pixels = int(math.ceil(fraction * pixels))
         pred = probs > threshold
         area = pred.reshape(len(pred), -1).sum(1)
@@ -163,15 +174,18 @@ def choose_postprocess(out: Path, members: list[str], *, flip_tta: bool,
         counts = mask_counts(pred, truth)
         scores, dice = iou_from_counts(*counts), dice_from_counts(*counts)
         table.append({"threshold": threshold, "min_lesion_pixels": min_pixels,
+                      "normal_threshold": normal_threshold,
                       "miou_seed_aided": float(scores.mean()),
                       "lesion_dice_aided": float(dice[lesion].mean()) if lesion.any() else float("nan"),
                       "empty_fpr_aided": float((~gated[~lesion] & (area[~lesion] > 0)).mean())
                       if (~lesion).any() else float("nan")})
-    # Highest seed mIoU; ties to the plainest rule (threshold nearest 0.5, then the smallest size rule).
-    best = max(table, key=lambda r: (round(r["miou_seed_aided"], 6), -abs(r["threshold"] - 0.5),
-                                     -r["min_lesion_pixels"]))
+    # Highest seed mIoU; ties to the plainest rule (the arg-max gate, threshold nearest 0.5, then the smallest
+    # size rule).
+    best = max(table, key=lambda r: (round(r["miou_seed_aided"], 6), r["normal_threshold"] is None,
+                                     -abs(r["threshold"] - 0.5), -r["min_lesion_pixels"]))
     return {"selected_on": f"out-of-fold predictions of the {len(members)} members ({len(probs)} images)",
             "criterion": "seed mIoU with the gate (all images; empty truth and empty prediction = 1)",
             "threshold": best["threshold"], "min_lesion_pixels": best["min_lesion_pixels"],
+            "normal_threshold": best["normal_threshold"],
             "oof_accuracy": float((oof["class_probs"].argmax(1) == oof["labels"]).mean()),
             "oof_best": best, "candidates": table}
