@@ -54,7 +54,7 @@ from dlmi.metrics.segmentation import EMPTY_MASK_RULE, IOU_DEFINITION, iou
 from dlmi.plugins import create_model
 from dlmi.runtime.trained import build_meta, load_trained
 from dlmi.runtime.two_stage import TwoStage
-from dlmi.training.checkpoint import save_checkpoint
+from dlmi.training.folder.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 BUSI_CLASSES = ("normal", "benign", "malignant")

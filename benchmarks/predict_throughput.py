@@ -70,7 +70,7 @@ def make_models(folder: Path) -> None:
 
     from dlmi.plugins import create_model
     from dlmi.runtime.trained import build_meta
-    from dlmi.training.checkpoint import save_checkpoint
+    from dlmi.training.folder.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     work = folder.parent / (folder.name + "-checkpoints")

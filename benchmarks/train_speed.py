@@ -60,9 +60,9 @@ from dlmi import __version__
 from dlmi.datasets.base import Sample
 from dlmi.plugins import create_loss, create_model, get_dataset, get_plugins
 from dlmi.training.config import TrainConfig
-from dlmi.training.data import SplitData
+from dlmi.training.data.split_data import SplitData
+from dlmi.training.folder.run_folder import RunFolder
 from dlmi.training.loop import Trainer
-from dlmi.training.run_folder import RunFolder
 from dlmi.training.start import build_trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -202,7 +202,7 @@ def busi_samples(data_dir: Path | None, work: Path, count: int) -> tuple[list[Sa
 def data_path_rates(samples: list[Sample], profile: Profile, work: Path) -> dict[str, float]:
     """images/s of loading batches only (no model): reference Dataset vs dlmi's loader and caches."""
     from dlmi.datasets.loader import ImageDataset
-    from dlmi.training.cache import CachePlan, cached_source
+    from dlmi.training.data.cache import CachePlan, cached_source
 
     def rate(loader_pass: Callable[[], int]) -> float:
         started = time.perf_counter()

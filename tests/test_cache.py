@@ -17,9 +17,9 @@ from PIL import Image
 from dlmi.datasets.loader import ImageDataset
 from dlmi.plugins import get_dataset
 from dlmi.training import TrainConfig, train_segmenter
-from dlmi.training.augment import JointAugment
-from dlmi.training.cache import DiskCachedSource, ResizedDiskCache, memory_bytes, plan_cache
-from dlmi.training.sampling import EpochDataset
+from dlmi.training.data.augment import JointAugment
+from dlmi.training.data.cache import DiskCachedSource, ResizedDiskCache, memory_bytes, plan_cache
+from dlmi.training.data.sampling import EpochDataset
 
 CLASSES = ("normal", "benign", "malignant")
 

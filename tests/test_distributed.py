@@ -1,7 +1,7 @@
 """Distributed training: two CPU processes under a real torchrun (gloo) train like one process.
 
 The global batch is the same (8 = 2 processes × 4), so both runs see the same batches in the same order
-with the same augmentation (:mod:`dlmi.training.sampling`), BatchNorm statistics span the global batch,
+with the same augmentation (:mod:`dlmi.training.data.sampling`), BatchNorm statistics span the global batch,
 and DDP averages the two halves' gradients: what remains is the order of floating-point sums.
 """
 
@@ -18,9 +18,9 @@ import torch
 from busi_folder import write_busi_folder
 
 from dlmi.errors import DlmiError
+from dlmi.training.compute.distributed import DistributedContext, launch_context, resolve_device
 from dlmi.training.config import TrainConfig
-from dlmi.training.distributed import DistributedContext, launch_context, resolve_device
-from dlmi.training.sampling import EpochSampler, ShardSampler
+from dlmi.training.data.sampling import EpochSampler, ShardSampler
 from dlmi.training.start import check_global_batch
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

@@ -17,7 +17,7 @@ from torch import nn
 
 from dlmi.plugins import create_model
 from dlmi.runtime.trained import build_meta
-from dlmi.training.checkpoint import save_checkpoint
+from dlmi.training.folder.checkpoint import save_checkpoint
 
 CLASSES = ("normal", "benign", "malignant")
 CLASSIFIER_SIZE = 64

@@ -18,8 +18,8 @@ from dlmi.runtime.ensemble import JointEnsemble, load_ensemble
 from dlmi.runtime.gating import EMPTY_LOGIT
 from dlmi.runtime.trained import build_meta, load_trained
 from dlmi.runtime.two_stage import JointPipeline
-from dlmi.training.checkpoint import save_checkpoint
-from dlmi.training.joint import JointSteps
+from dlmi.training.folder.checkpoint import save_checkpoint
+from dlmi.training.steps.joint import JointSteps
 
 CLASSES = ("normal", "benign", "malignant")
 

@@ -10,7 +10,7 @@ import torch
 
 from dlmi.errors import DlmiError
 from dlmi.training import TrainConfig, load_trained, resume_training, train_segmenter
-from dlmi.training.precision import Precision, cpu_has_native_bf16, resolve_precision
+from dlmi.training.compute.precision import Precision, cpu_has_native_bf16, resolve_precision
 
 CPU = torch.device("cpu")
 

@@ -21,10 +21,10 @@ from dlmi.plugins import get_plugins, load_plugins, reset_plugins
 from dlmi.runtime.trained import META_KEYS, Trained, build_meta
 from dlmi.splits import load_split
 from dlmi.training import TrainConfig, load_trained, resume_training, train_classifier, train_segmenter
-from dlmi.training.aid import ClassifierGate
-from dlmi.training.augment import JointAugment
-from dlmi.training.run_folder import RunFolder
-from dlmi.training.segmenter import SegmentationSteps
+from dlmi.training.data.augment import JointAugment
+from dlmi.training.folder.run_folder import RunFolder
+from dlmi.training.steps.aid import ClassifierGate
+from dlmi.training.steps.segmentation import SegmentationSteps
 
 CLASSES = ("normal", "benign", "malignant")
 SIZE = 64
@@ -350,7 +350,7 @@ def test_joint_augmentation_moves_the_mask_with_the_image() -> None:
 
 
 def test_cosine_schedule_and_class_weights() -> None:
-    from dlmi.training.data import class_weights
+    from dlmi.training.data.split_data import class_weights
     from dlmi.training.loop import scheduled_lr
 
     config = TrainConfig(task="segmentation", dataset="x", out="x", epochs=4, scheduler="cosine").resolved()

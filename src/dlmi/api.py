@@ -126,7 +126,7 @@ def _require(settings: Mapping[str, Any], hint: str = " (or --resume RUN_DIR)") 
 
 def _resume(task: str, run_dir: Path, overrides: dict[str, Any]) -> Path:
     from dlmi.training.config import TrainConfig
-    from dlmi.training.run_folder import RunFolder
+    from dlmi.training.folder.run_folder import RunFolder
     from dlmi.training.start import resume_training
 
     saved = TrainConfig.load(RunFolder(run_dir).config)

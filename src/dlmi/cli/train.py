@@ -127,8 +127,8 @@ def _run(task: str, settings: dict[str, Any], resume: Path | None) -> None:
 
 
 def _report(run_dir: Path) -> None:
-    from dlmi.training.distributed import launch_context
-    from dlmi.training.run_folder import RunFolder
+    from dlmi.training.compute.distributed import launch_context
+    from dlmi.training.folder.run_folder import RunFolder
 
     if not launch_context().is_main:
         return  # under torchrun, rank 0 speaks for the run

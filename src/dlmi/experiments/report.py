@@ -104,7 +104,7 @@ def _scores(run_dir: Path, task: str) -> dict[str, Any]:
 
 def _timing(run_dir: Path) -> dict[str, Any]:
     timing = read_json_object(run_dir / "reproduce-timing.json") or {}
-    from dlmi.training.run_folder import RunFolder
+    from dlmi.training.folder.run_folder import RunFolder
 
     rows = RunFolder(run_dir).read_metrics()
     best = [r["epoch"] for r in rows if r.get("best")]

@@ -63,7 +63,7 @@ def machine_info() -> dict[str, Any]:
 
 def trained_epochs(run_dir: Path) -> int:
     """The last epoch recorded in the run's ``metrics.jsonl`` (0 when none)."""
-    from dlmi.training.run_folder import RunFolder
+    from dlmi.training.folder.run_folder import RunFolder
 
     rows = RunFolder(run_dir).read_metrics()
     return int(rows[-1]["epoch"]) if rows else 0

@@ -205,7 +205,7 @@ def prepare_output(out: Path) -> None:
         raise DlmiError(f"{out}: the output folder is not writable")
 
 
-class _Run:
+class _FolderPrediction:
     """The state of one folder's prediction."""
 
     def __init__(self, folder: Path, out: Path, predictor: Predictor, settings: PredictSettings,
@@ -220,7 +220,7 @@ class _Run:
         self.progress: ProgressLog | None = None
         self._settings: dict[str, Any] | None = None
 
-    def run_settings(self) -> dict[str, Any]:
+    def output_settings(self) -> dict[str, Any]:
         """What the outputs depend on (mode, tiling, threshold, backend and model files' digests)."""
         if self._settings is None:
             self._settings = {"mode": self.mode, "tile": self.settings.tile,
@@ -338,20 +338,21 @@ def _job(function: Callable[..., dict[str, Any]], *args: Any) -> Callable[[], di
     return lambda: function(*args)
 
 
-def _pending(run: _Run, units: Sequence[Unit]) -> list[Unit]:
+def _pending(prediction: _FolderPrediction, units: Sequence[Unit]) -> list[Unit]:
     """The units not done yet: no record, a record of another source file, or outputs gone."""
-    assert run.progress is not None
+    assert prediction.progress is not None
     pending = []
     sources: dict[PurePosixPath, dict[str, Any] | None] = {}
     for unit in units:
         if unit.file not in sources:
             try:
-                sources[unit.file] = source_identity(run.folder / unit.file)
+                sources[unit.file] = source_identity(prediction.folder / unit.file)
             except OSError:
                 sources[unit.file] = None  # gone or unreadable now: reading it will say why
         source = sources[unit.file]
-        if source is None or not run.progress.is_done(unit.key, run.out, source=source, stem=run.stem(unit),
-                                                      overlays=run.settings.overlays):
+        if source is None or not prediction.progress.is_done(unit.key, prediction.out, source=source,
+                                                             stem=prediction.stem(unit),
+                                                             overlays=prediction.settings.overlays):
             pending.append(unit)
     return pending
 
@@ -412,28 +413,28 @@ def predict_folder(
     if removed:
         log(f"removed {removed} temporary file(s) left in {out} by an interrupted run")
     check_unique_outputs(files, out)
-    run = _Run(folder, out, predictor, settings, mode, log)
+    prediction = _FolderPrediction(folder, out, predictor, settings, mode, log)
     for link in listing.broken_links:
-        run.fail(link, f"{folder / link}: a symbolic link to a file that does not exist")
+        prediction.fail(link, f"{folder / link}: a symbolic link to a file that does not exist")
     workers = settings.workers()
     units: list[Unit] = []
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dlmi-scan") as scanner:
         for file, found in zip(files, scanner.map(lambda f: _units_of(folder, f), files), strict=True):
             if isinstance(found, str):
-                run.fail(file, found)
+                prediction.fail(file, found)
             else:
                 units += found
-    run.progress = ProgressLog(out, run.run_settings(), overwrite=settings.overwrite)
-    if run.progress.changed:
-        log(f"{run.progress.path}: the earlier predictions in {out} were made with other settings "
-            f"(changed: {', '.join(run.progress.changed)}); predicting every image again")
-    pending = _pending(run, units)
+    prediction.progress = ProgressLog(out, prediction.output_settings(), overwrite=settings.overwrite)
+    if prediction.progress.changed:
+        log(f"{prediction.progress.path}: the earlier predictions in {out} were made with other settings "
+            f"(changed: {', '.join(prediction.progress.changed)}); predicting every image again")
+    pending = _pending(prediction, units)
     skipped = len(units) - len(pending)
     if skipped:
         log(f"{skipped} of {len(units)} images already done in {out} (use --overwrite to redo them)")
     size = None if (settings.tile or mode == CLASSIFY_MODE) else predictor.info.segmenter_size
     report = progress or _plain_progress(log)
-    failed_before = len(run.failed)
+    failed_before = len(prediction.failed)
     step = settings.batch_size
     predicted = 0
     writes: deque[Future[dict[str, Any]]] = deque()
@@ -447,10 +448,10 @@ def predict_folder(
                 done.append(writes.popleft().result())
         finally:  # a write that failed stops the run; the ones before it are logged first
             if done:
-                assert run.progress is not None
-                run.progress.append(done)
+                assert prediction.progress is not None
+                prediction.progress.append(done)
                 predicted += len(done)
-                report(predicted, len(run.failed) - failed_before, len(pending))
+                report(predicted, len(prediction.failed) - failed_before, len(pending))
 
     reader = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dlmi-read")
     writer = ThreadPoolExecutor(max_workers=settings.writers(), thread_name_prefix="dlmi-write")
@@ -459,32 +460,32 @@ def predict_folder(
         loaded_stream = _read_ahead(reader, folder, pending, size, window=2 * step + workers)
         for position, item in enumerate(loaded_stream, start=1):
             if item.error is not None:
-                run.fail(item.unit, item.error)
-                report(predicted, len(run.failed) - failed_before, len(pending))
+                prediction.fail(item.unit, item.error)
+                report(predicted, len(prediction.failed) - failed_before, len(pending))
             else:
                 batch.append(item)
             if batch and (len(batch) == step or position == len(pending)):
-                writes.extend(writer.submit(job) for job in run.infer(batch))
+                writes.extend(writer.submit(job) for job in prediction.infer(batch))
                 batch = []
                 drain(keep=2 * step)
         drain(keep=0)
     except OutputWriteError as exc:
         for future in writes:
             future.cancel()
-        done_records = run.finished_records(units)
+        done_records = prediction.finished_records(units)
         try:
-            csv_path, _ = write_tables(out, done_records, classes=run.classes, settings=run.run_settings(),
-                                       failed=run.failed)
+            csv_path, _ = write_tables(out, done_records, classes=prediction.classes,
+                                       settings=prediction.output_settings(), failed=prediction.failed)
             saved = f"the {len(done_records)} images done are in {csv_path}"
         except OutputWriteError:
-            saved = f"the {len(done_records)} images done are in {run.progress.path}"
+            saved = f"the {len(done_records)} images done are in {prediction.progress.path}"
         raise DlmiError(f"{exc}; stopped: {saved}; fix the cause and re-run to continue") from exc
     finally:
         reader.shutdown(wait=True, cancel_futures=True)
         writer.shutdown(wait=True, cancel_futures=True)
 
-    csv_path, json_path = write_tables(out, run.finished_records(units), classes=run.classes,
-                                       settings=run.run_settings(), failed=run.failed)
+    csv_path, json_path = write_tables(out, prediction.finished_records(units), classes=prediction.classes,
+                                       settings=prediction.output_settings(), failed=prediction.failed)
     return PredictSummary(out=out, total=len(units) + failed_before,
-                          predicted=predicted, skipped=skipped, failed=run.failed, csv=csv_path,
+                          predicted=predicted, skipped=skipped, failed=prediction.failed, csv=csv_path,
                           json=json_path, running_on=predictor.running_on, mode=mode)

@@ -2,7 +2,8 @@
 
 ``auto`` is the GPU when PyTorch sees one, else the CPU; asking for CUDA where there is none is an error,
 never a silent fall back. Training under torchrun adds its per-process rule on top
-(:func:`dlmi.training.distributed.resolve_device`); the torch prediction backend passes ``--provider``.
+(:func:`dlmi.training.compute.distributed.resolve_device`); the torch prediction backend passes
+``--provider``.
 """
 
 from __future__ import annotations

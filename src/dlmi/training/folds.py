@@ -40,7 +40,7 @@ def fold_dir(out: Path, fold: int) -> Path:
 
 
 def _finished(run: Path, epochs: int) -> bool:
-    from dlmi.training.run_folder import RunFolder
+    from dlmi.training.folder.run_folder import RunFolder
 
     folder = RunFolder(run)
     if not folder.last.is_file():
@@ -53,7 +53,7 @@ def train_folds(config: TrainConfig, folds: int, *, flip_tta: bool = True) -> Pa
     """Train ``folds`` joint models (one per fold) into ``config.out`` and write its ``ensemble.json``."""
     from dlmi.splits import load_split, save_split
     from dlmi.splits.split import with_folds
-    from dlmi.training.data import load_source, make_default_split, read_split
+    from dlmi.training.data.split_data import load_source, make_default_split, read_split
     from dlmi.training.start import resume_training, train
 
     if config.task not in (JOINT, CLASSIFICATION):
@@ -113,7 +113,7 @@ def out_of_fold(out: Path, members: list[str], *, flip_tta: bool, device: str = 
     from dlmi.runtime.ensemble import ClassifierEnsemble, JointEnsemble
     from dlmi.runtime.trained import load_trained
     from dlmi.splits import load_split, split_samples
-    from dlmi.training.data import load_source
+    from dlmi.training.data.split_data import load_source
 
     split = load_split(out / "split.json")
     keys, labels, probs, masks, truths = [], [], [], [], []

@@ -21,10 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from dlmi.errors import DlmiError
-from dlmi.training.checkpoint import save_checkpoint
-from dlmi.training.config import TrainConfig
-from dlmi.training.curves import plot_learning_curves
-from dlmi.training.distributed import (
+from dlmi.training.compute.distributed import (
     SINGLE_PROCESS,
     DistributedContext,
     all_reduce_sum,
@@ -33,10 +30,13 @@ from dlmi.training.distributed import (
     synchronise_batchnorm,
     wrap_ddp,
 )
-from dlmi.training.precision import Precision
-from dlmi.training.progress import TrainingProgress
-from dlmi.training.rng import capture_rng
-from dlmi.training.run_folder import RunFolder
+from dlmi.training.compute.precision import Precision
+from dlmi.training.compute.rng import capture_rng
+from dlmi.training.config import TrainConfig
+from dlmi.training.folder.checkpoint import save_checkpoint
+from dlmi.training.folder.curves import plot_learning_curves
+from dlmi.training.folder.progress import TrainingProgress
+from dlmi.training.folder.run_folder import RunFolder
 
 __all__ = ["StepResult", "TaskSteps", "Trainer", "TrainState", "build_optimizer", "resolve_device",
            "scheduled_lr"]

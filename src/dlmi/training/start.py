@@ -15,13 +15,19 @@ from dlmi.datasets.base import normal_index
 from dlmi.datasets.loader import ImageDataset
 from dlmi.errors import DlmiError
 from dlmi.runtime.trained import build_meta, build_model
-from dlmi.training.aid import ClassifierGate, aid_split_path, load_aid
-from dlmi.training.augment import JointAugment
-from dlmi.training.cache import CachePlan, cached_source, plan_cache, prefill
-from dlmi.training.checkpoint import load_checkpoint
-from dlmi.training.classifier import ClassificationSteps, classification_loss
+from dlmi.training.compute.distributed import (
+    SINGLE_PROCESS,
+    DistributedContext,
+    distributed_session,
+    main_process_first,
+)
+from dlmi.training.compute.precision import resolve_precision
+from dlmi.training.compute.rng import restore_rng, seed_everything
 from dlmi.training.config import CLASSIFICATION, JOINT, SEGMENTATION, TrainConfig
-from dlmi.training.data import (
+from dlmi.training.data.augment import JointAugment
+from dlmi.training.data.cache import CachePlan, cached_source, plan_cache, prefill
+from dlmi.training.data.sampling import EpochDataset, ShardSampler
+from dlmi.training.data.split_data import (
     SIDES,
     SplitData,
     class_weights,
@@ -31,19 +37,13 @@ from dlmi.training.data import (
     prepare_data,
     read_split,
 )
-from dlmi.training.distributed import (
-    SINGLE_PROCESS,
-    DistributedContext,
-    distributed_session,
-    main_process_first,
-)
+from dlmi.training.folder.checkpoint import load_checkpoint
+from dlmi.training.folder.run_folder import RunFolder
 from dlmi.training.loop import TaskSteps, Trainer
-from dlmi.training.precision import resolve_precision
 from dlmi.training.preflight import check_components
-from dlmi.training.rng import restore_rng, seed_everything
-from dlmi.training.run_folder import RunFolder
-from dlmi.training.sampling import EpochDataset, ShardSampler
-from dlmi.training.segmenter import SegmentationSteps
+from dlmi.training.steps.aid import ClassifierGate, aid_split_path, load_aid
+from dlmi.training.steps.classification import ClassificationSteps, classification_loss
+from dlmi.training.steps.segmentation import SegmentationSteps
 
 # Settings that may change when a run is resumed; any other change would make a different run.
 RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "quiet", "deterministic", "cache", "compile",
@@ -190,7 +190,7 @@ def check_same_split(data: SplitData, gate: ClassifierGate) -> None:
     split_path = aid_split_path(gate)
     aid_config = split_path.parent / "config.json"
     fold = TrainConfig.load(aid_config).fold if aid_config.is_file() else None
-    from dlmi.training.data import split_sides
+    from dlmi.training.data.split_data import split_sides
 
     aid_split = read_split(split_path)
     aid_sides = split_sides(aid_split, [s for side in SIDES for s in data.samples[side]], fold)
@@ -251,7 +251,7 @@ def _build_steps(config: TrainConfig, data: SplitData, gate: ClassifierGate | No
     from dlmi.plugins import create_loss
 
     if config.task == JOINT:
-        from dlmi.training.joint import JointSteps
+        from dlmi.training.steps.joint import JointSteps
 
         normal = normal_index(data.classes, data.normal_class)
         return JointSteps(create_loss(str(config.loss)).to(device), normal, class_weight=config.class_weight,

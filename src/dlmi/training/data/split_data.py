@@ -15,9 +15,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dlmi.datasets.base import DatasetSource, Sample
 from dlmi.errors import DlmiError
+from dlmi.training.compute.distributed import SINGLE_PROCESS, DistributedContext
 from dlmi.training.config import TrainConfig
-from dlmi.training.distributed import SINGLE_PROCESS, DistributedContext
-from dlmi.training.sampling import EpochSampler
+from dlmi.training.data.sampling import EpochSampler
 
 SIDES = ("train", "val", "test")
 
@@ -104,7 +104,7 @@ def make_train_sampler(class_balance: str, samples: Sequence[Sample], *, seed: i
     """This process's training order: a shuffle, or class-balanced draws with replacement (``sampler``).
 
     Drawn from ``seed + epoch`` the same way in every process, each taking every N-th sample, so one
-    process and N processes see the same global batches (:mod:`dlmi.training.sampling`).
+    process and N processes see the same global batches (:mod:`dlmi.training.data.sampling`).
     """
     weights = class_balance_weights(samples) if class_balance == "sampler" else None
     return EpochSampler(len(samples), rank=context.rank, world_size=context.world_size, seed=seed,

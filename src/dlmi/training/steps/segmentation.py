@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from dlmi.metrics.segmentation import dice_from_counts, iou_from_counts
-from dlmi.training.aid import ClassifierGate
 from dlmi.training.loop import StepResult
+from dlmi.training.steps.aid import ClassifierGate
 
 
 def mask_counts_torch(logits: torch.Tensor, masks: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:

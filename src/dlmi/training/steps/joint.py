@@ -27,7 +27,7 @@ from torch import nn
 from dlmi.metrics.segmentation import dice_from_counts, iou_from_counts
 from dlmi.runtime.gating import gate_logits
 from dlmi.training.loop import StepResult
-from dlmi.training.segmenter import mask_counts_torch
+from dlmi.training.steps.segmentation import mask_counts_torch
 
 DEEP_WEIGHTS = (1.0, 0.5, 0.25, 0.125)
 

@@ -1,0 +1,1 @@
+"""How a run computes: precision (autocast, loss scaling), processes under torchrun, random state."""

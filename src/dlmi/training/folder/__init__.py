@@ -1,0 +1,1 @@
+"""The run folder and what training writes into it: checkpoints, learning curves, progress."""
