@@ -285,7 +285,49 @@ def score_best(folders: dict[str, Path], data_root: Path, profile: Profile, out:
     }
     inputs = load_inputs(folders[BUSI_BEST], device="cpu")
     rows = ablation(folders[BUSI_BEST], inputs.source, inputs.sides["test"], resamples, extra)
-    return {"headline": headline, "busi": busi, "brain": brain, "ablation": rows, "timing": timing}
+    return {"headline": headline, "busi": busi, "brain": brain, "ablation": rows, "timing": timing,
+            "postprocess": postprocess_note(folders[BUSI_BEST]), "oof": _oof_scores(folders)}
+
+
+def postprocess_note(folder: Path) -> str:
+    """The post-processing an ensemble's ``ensemble.json`` chose, in words."""
+    try:
+        manifest = json.loads((folder / "ensemble.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "see ensemble.json"
+    gate = ("the arg-max class is normal" if manifest.get("normal_threshold") is None
+            else f"P(normal) ≥ {manifest['normal_threshold']}")
+    chosen = manifest.get("postprocess", {}).get("selected_on", "out-of-fold predictions")
+    smallest = manifest.get("min_lesion_pixels", 0)
+    return (f"threshold {manifest.get('threshold', 0.5)}, lesions under {smallest} px called empty, "
+            f"gate: {gate}; chosen on {chosen}")
+
+
+def _oof_line(oof: dict[str, Any]) -> str:
+    def fmt(value: Any) -> str:
+        return f"{value:.3f}" if isinstance(value, (int, float)) else "—"
+
+    busi, brain = oof.get(BUSI_BEST, {}), oof.get(BRAIN_BEST, {})
+    return ("Out of fold (each development image scored by the member that did not train on it — where "
+            "recipes are compared, never on the test side): BUSI 3-class accuracy "
+            f"{fmt(busi.get('accuracy'))}, lesion Dice aided {fmt(busi.get('lesion_dice_aided'))}, "
+            f"seed mIoU aided {fmt(busi.get('miou_seed_aided'))}, "
+            f"empty FPR aided {fmt(busi.get('empty_fpr_aided'))}; "
+            f"brain MRI accuracy {fmt(brain.get('accuracy'))}.")
+
+
+def _oof_scores(folders: dict[str, Path]) -> dict[str, Any]:
+    """What each ensemble scored out of fold (the development images, not the test side)."""
+    scores: dict[str, Any] = {}
+    for name, folder in folders.items():
+        try:
+            manifest = json.loads((folder / "ensemble.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        best = manifest.get("postprocess", {})
+        scores[name] = {"accuracy": best.get("oof_accuracy", manifest.get("oof_accuracy")),
+                        **{k: v for k, v in best.get("oof_best", {}).items() if k.endswith(("aided",))}}
+    return scores
 
 
 # --- report --------------------------------------------------------------------------------------------
@@ -327,7 +369,7 @@ def markdown(result: dict[str, Any], profile: Profile, recipe: BestRecipe, machi
         f"`{recipe.augment_recipe}` augmentation, Dice+BCE with deep supervision + cross-entropy "
         "(label smoothing 0.1); flip TTA; its class head is the gate; "
         "threshold and lesion-size rule chosen on out-of-fold predictions "
-        f"({result['busi']['context'].get('postprocess_note', 'see ensemble.json')}).",
+        f"({result.get('postprocess', 'see ensemble.json')}).",
         f"- **Brain MRI**: an ensemble of {recipe.brain_folds} `{recipe.brain_model}` classifiers from "
         f"scratch, {recipe.brain_image_size}², {recipe.brain_epochs} epochs, AdamW, cosine, EMA, "
         "flips/affine, flip TTA.",
@@ -362,6 +404,8 @@ def markdown(result: dict[str, Any], profile: Profile, recipe: BestRecipe, machi
         "",
         f"Whole training of the BUSI ensemble: **{head['train_minutes']} min** wall time "
         f"(brain MRI ensemble: {round(result['timing'].get(BRAIN_BEST, float('nan')) / 60, 1)} min).",
+        "",
+        _oof_line(result.get("oof", {})),
         "",
         "## Ablation (BUSI test side, each step against the one above it; paired bootstrap over the same "
         "images)",
