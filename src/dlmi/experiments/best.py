@@ -53,7 +53,7 @@ class BestRecipe:
     augment_recipe: str = "ultrasound"
     brain_model: str = "seed-cnn"
     brain_image_size: int = 192
-    brain_epochs: int = 40
+    brain_epochs: int = 80
     brain_folds: int = 5
     brain_lr: float = 1e-3
 
