@@ -51,10 +51,11 @@ H_WARMUP = "Linear warm-up epochs before the schedule. [default: 0]"
 H_EMA = "Validate, save and export an EMA of the weights with this decay per step (0 = off). [default: 0]"
 H_RECIPE = "Augmentation recipe with --augment: basic or ultrasound (docs/training.md). [default: basic]"
 H_FOLDS_CLS = ("Train an ensemble: K classifiers on K cross-validation folds of the split's train+val images "
-               "(test side unchanged) into OUT/fold-k, then OUT/ensemble.json. Resumable.")
+               "(test side unchanged) into OUT/fold-k, then OUT/ensemble.json with the out-of-fold accuracy. "
+               "Resumable.")
 H_FOLDS = ("Train an ensemble: K joint models on K cross-validation folds of the split's train+val images "
-           "(test side unchanged) into OUT/fold-k, then OUT/ensemble.json with the threshold and lesion-size "
-           "rule chosen on out-of-fold predictions. Resumable: run the same command again.")
+           "(test side unchanged) into OUT/fold-k, then OUT/ensemble.json with the threshold, lesion-size "
+           "rule and gate rule chosen on out-of-fold predictions. Resumable: run the same command again.")
 
 # The shared options, declared once (the parameter name in each command is the lower-case name).
 DATASET = typer.Option(None, "--dataset", help=H_DATASET)
