@@ -73,7 +73,8 @@ def test_reproduce_only_best_trains_exports_and_reports(tmp_path):
     # compared on.
     busi_manifest = json.loads((out / "busi-best" / "ensemble.json").read_text())
     smallest = busi_manifest["min_lesion_pixels"]
-    assert f"threshold {busi_manifest['threshold']}, lesions under {smallest} px" in report
+    size_rule = f"lesions under {smallest} px called empty" if smallest else "no lesion-size rule"
+    assert f"threshold {busi_manifest['threshold']}, {size_rule}, gate: " in report
     brain_manifest = json.loads((out / "brain-mri-best" / "ensemble.json").read_text())
     assert detail["oof"]["brain-mri-best"]["accuracy"] == brain_manifest["oof_accuracy"]
     assert detail["oof"]["busi-best"]["accuracy"] == busi_manifest["postprocess"]["oof_accuracy"]

@@ -299,8 +299,8 @@ def postprocess_note(folder: Path) -> str:
             else f"P(normal) ≥ {manifest['normal_threshold']}")
     chosen = manifest.get("postprocess", {}).get("selected_on", "out-of-fold predictions")
     smallest = manifest.get("min_lesion_pixels", 0)
-    return (f"threshold {manifest.get('threshold', 0.5)}, lesions under {smallest} px called empty, "
-            f"gate: {gate}; chosen on {chosen}")
+    size_rule = f"lesions under {smallest} px called empty" if smallest else "no lesion-size rule"
+    return f"threshold {manifest.get('threshold', 0.5)}, {size_rule}, gate: {gate}; chosen on {chosen}"
 
 
 def _oof_line(oof: dict[str, Any]) -> str:
