@@ -10,7 +10,8 @@ Models: ``--make-models DIR`` writes random-weight checkpoints in this process (
 U-Net base 8 at 128 px, three BUSI classes) and exports them with ``dlmi export onnx``; both commits run those
 same ONNX files.
 
-Usage (from the repository root; the older commit checked out with ``git worktree add /tmp/old 8fa4d28``)::
+Usage (from the repository root; the older commit checked out with ``git worktree add /tmp/old 8fa4d28``;
+``nice -n 19`` when the machine is shared, and ``--conditions`` to say what else ran)::
 
     OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python benchmarks/predict_throughput.py \\
         --make-models /tmp/tp-models
@@ -194,6 +195,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "images": images, "data": str(data), "models": str(models), "rounds": args.rounds,
         "old_commit": args.old_commit, "new_commit": git_head(),
         "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in load_after],
+        "nice": os.nice(0),
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                     "python": platform.python_version(), "shared": True},
         "threads": "the defaults (no --threads): onnxruntime's own choice for the model (one intra-op thread "
@@ -228,10 +230,11 @@ def markdown(result: dict[str, Any]) -> str:
         f"random-weight models exported with `dlmi export onnx` (seed-cnn classifier {SIZE} px, U-Net base "
         f"{BASE} at {SIZE} px), the same ONNX files for both commits. Whole process, fresh output folder, "
         f"{result['rounds']} alternating rounds, medians. Machine: {result['machine']['cpus']} CPUs "
-        f"({result['machine']['processor']}), Python {result['machine']['python']}, **shared** with another "
-        f"engineer's training run: load average {result['load_before']} before, "
-        f"{result['load_after']} after. "
-        f"Threads: {result['threads']}. `nice -n 19` for every run.",
+        f"({result['machine']['processor']}), Python {result['machine']['python']}; load average "
+        f"{result['load_before']} before, {result['load_after']} after (1, 5, 15 minutes; above "
+        f"{result['machine']['cpus']}, other jobs shared the cores). "
+        f"Threads: {result['threads']}. Niceness of every run: {result.get('nice', 'not recorded')}."
+        + (f" {result['conditions']}" if result.get("conditions") else ""),
         "",
         f"Compared: `{result['old_commit']}` (old) and `{result['new_commit']}` + this change (new).",
         "",
@@ -292,6 +295,7 @@ def main() -> None:
     parser.add_argument("--old-commit", default="8fa4d28")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-save", action="store_true")
+    parser.add_argument("--conditions", default="", help="a sentence on what else ran on the machine")
     parser.add_argument("--from-json", type=Path, help="rewrite the result files from this stored result")
     args = parser.parse_args()
     if args.from_json:
@@ -302,6 +306,7 @@ def main() -> None:
         make_models(args.make_models)
         return
     result = measure(args)
+    result["conditions"] = args.conditions
     print(json.dumps({k: result[k] for k in ("speedup_median", "speedup_no_overlays_median",
                                              "floor_over_new_median")}))
     if not args.no_save:
