@@ -197,3 +197,28 @@ def test_predict_int8_errors_are_one_line(tmp_path_factory):
         open_predictor([models], aided=True, int8=True, fp16=True)
     with pytest.raises(DlmiError, match="--int8 .* needs --backend onnx"):
         open_predictor([models], aided=True, int8=True, backend="torch")
+
+
+def test_an_ensemble_calibrates_and_checks_on_its_first_members_fold(tmp_path):
+    """`--int8` on a fold ensemble: the sides come from fold-0's own train and val parts (never the test
+    side), not from the ensemble folder, which has no config of its own."""
+    from dlmi.plugins import get_dataset
+    from dlmi.splits import save_split
+    from dlmi.splits.split import make_split, split_samples, with_folds
+
+    samples = get_dataset("synthetic").samples(None)
+    split = with_folds(make_split("synthetic", None), samples, 3, seed=0)
+    ensemble = tmp_path / "ensemble"
+    member = ensemble / "fold-0"
+    member.mkdir(parents=True)
+    save_split(split, ensemble / "split.json")
+    save_split(split, member / "split.json")
+    (member / "config.json").write_text(json.dumps({"dataset": "synthetic", "fold": 0}))
+    (ensemble / "ensemble.json").write_text(json.dumps({"members": ["fold-0"], "flip_tta": True}))
+    for side in ("train", "val"):
+        images = quantize.run_side_images(ensemble, side, limit=10_000)
+        expected = split_samples(split, samples, side, fold=0)
+        assert f"of the {len(expected)} {side}-side images of {member}" in images.description
+        assert len(images.images) == len(expected)
+    # Without the fold, "train" would be every non-test image, fold-0's val part included.
+    assert len(split_samples(split, samples, "train", fold=0)) < len(split_samples(split, samples, "train"))

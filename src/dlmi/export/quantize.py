@@ -164,11 +164,15 @@ def _run_config(run_dir: Path) -> dict[str, Any]:
 
 def run_side_images(run_dir: str | os.PathLike[str], side: str, limit: int,
                     data_dir: str | os.PathLike[str] | None = None) -> ImageSet:
-    """Up to ``limit`` images of one side (train, val, test) of a training run's split."""
+    """Up to ``limit`` images of one side (train, val, test) of a training run's split — of its own fold
+    when it trained on one. For a fold ensemble: the sides of its first member (``fold-0``)."""
     from dlmi.plugins import get_dataset
+    from dlmi.runtime.ensemble import is_ensemble, read_manifest
     from dlmi.splits import load_split, split_samples
 
     run_dir = Path(run_dir)
+    if is_ensemble(run_dir):
+        run_dir = run_dir / str(read_manifest(run_dir)["members"][0])
     split_path = run_dir / "split.json"
     if not split_path.is_file():
         raise DlmiError(f"{split_path}: not found; give --calibration-dir and --check-dir instead")
@@ -179,7 +183,9 @@ def run_side_images(run_dir: str | os.PathLike[str], side: str, limit: int,
     if getattr(source, "needs_data_dir", True) and (folder is None or not folder.is_dir()):
         raise DlmiError(f"{run_dir}: its data folder {folder} is not here; give --data-dir "
                         "(or --calibration-dir and --check-dir)")
-    samples = split_samples(load_split(split_path), source.samples(folder), side)
+    fold = config.get("fold")
+    samples = split_samples(load_split(split_path), source.samples(folder), side,
+                            fold=int(fold) if fold is not None else None)
     if not samples:
         raise DlmiError(f"{split_path}: the {side} side is empty; give --calibration-dir and --check-dir")
     chosen = [samples[i] for i in _spread(len(samples), limit)]
