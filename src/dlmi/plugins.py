@@ -232,9 +232,23 @@ def _call_register_hook(plugins: Plugins, registry: Registry, hook_name: str, im
         registry.register(name, factory, source=source, **kwargs)
         added.append(name)
 
+    if not _call_hook(plugins, impl, register, source, hook_name, "left out",
+                      DuplicateNameError):
+        registry.forget(added)
+        return
+    if not impl.argnames:
+        _warn(plugins, f"plugin from {source}: {hook_name}() takes no 'register' argument, so it "
+                       "registers nothing")
+
+
+def _call_hook(plugins: Plugins, impl: Any, argument: Any, source: str, hook_name: str, left_out: str,
+               *reraised: type[BaseException]) -> bool:
+    """Call one hook implementation with ``argument`` for each of its parameters. A built-in's failure and
+    any of ``reraised`` propagate; a third party's ``DlmiError`` is re-raised naming the plugin; any other
+    error of a third party is warned about ("… ``left_out``") and ``False`` returned."""
     try:
-        impl.function(**{arg: register for arg in impl.argnames})
-    except DuplicateNameError:
+        impl.function(**{arg: argument for arg in impl.argnames})
+    except reraised:
         raise
     except DlmiError as exc:
         if source == BUILTIN_SOURCE:
@@ -243,12 +257,9 @@ def _call_register_hook(plugins: Plugins, registry: Registry, hook_name: str, im
     except Exception as exc:
         if source == BUILTIN_SOURCE:
             raise
-        registry.forget(added)
-        _warn(plugins, f"plugin from {source} failed in {hook_name}: {_one_line(exc)}; left out", exc)
-        return
-    if not impl.argnames:
-        _warn(plugins, f"plugin from {source}: {hook_name}() takes no 'register' argument, so it "
-                       "registers nothing")
+        _warn(plugins, f"plugin from {source} failed in {hook_name}: {_one_line(exc)}; {left_out}", exc)
+        return False
+    return True
 
 
 def _named(exc: DlmiError, source: str, hook_name: str) -> DlmiError:
@@ -262,17 +273,7 @@ def register_commands(app: Any, plugins: Plugins | None = None) -> None:
     plugins = plugins or get_plugins()
     for impl in getattr(plugins.manager.hook, COMMANDS_HOOK).get_hookimpls():
         source = plugins.source_of(impl.plugin)
-        try:
-            impl.function(**{arg: app for arg in impl.argnames})
-        except DlmiError as exc:
-            if source == BUILTIN_SOURCE:
-                raise
-            raise _named(exc, source, COMMANDS_HOOK) from exc
-        except Exception as exc:
-            if source == BUILTIN_SOURCE:
-                raise
-            _warn(plugins, f"plugin from {source} failed in {COMMANDS_HOOK}: {_one_line(exc)}; "
-                           "its commands are left out", exc)
+        _call_hook(plugins, impl, app, source, COMMANDS_HOOK, "its commands are left out")
 
 
 _current: Plugins | None = None
