@@ -1,4 +1,9 @@
-"""``dlmi reproduce`` end to end on generated data: the tiny profile, the results files, and resumption."""
+"""``dlmi reproduce`` end to end on generated data: the tiny profile, the results files, and resumption.
+
+One run of the whole command (the seed's experiments, then ``dlmi best`` into ``OUT/best``) is shared by the
+seed test and the best test (module fixture ``reproduced``): the best configuration's training and ONNX export
+are the costliest part, and the seed test used to pay for them too without looking at them.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from dlmi.experiments.best import TARGETS
 
 # The seed report's test mIoU per loss, trained unaided / aided (../shared/seed/SUMMARY.md).
 SEED_TEST_MIOU = {"bce": ("0.48947", "0.51996"), "mse": ("0.56055", "0.56304"),
@@ -37,7 +44,8 @@ def interval_text(number: dict) -> str:
 
 
 def _brain_mri(root: Path, per_class: int = 12) -> None:
-    """A brain-MRI-layout folder (no/, yes/): dark discs, plus a bright blob in 'yes' images."""
+    """A brain-MRI-layout folder (no/, yes/): dark discs, plus a bright blob in 'yes' images; real PNG and
+    JPEG files (every other image is a JPEG, as in the real set)."""
     rng = np.random.default_rng(1)
     yy, xx = np.mgrid[:48, :48]
     for label, name in enumerate(("no", "yes")):
@@ -48,7 +56,8 @@ def _brain_mri(root: Path, per_class: int = 12) -> None:
             if label:
                 cy, cx = rng.integers(14, 34, size=2)
                 image += 150.0 * ((yy - cy) ** 2 + (xx - cx) ** 2 < 30)
-            Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(folder / f"{name}{i}.png")
+            suffix = ".png" if i % 2 else ".jpg"
+            Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(folder / f"{name}{i}{suffix}")
 
 
 @pytest.fixture(scope="module")
@@ -62,13 +71,24 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.mark.slow
-def test_reproduce_tiny_writes_all_rows_and_resumes(data_root: Path, tmp_path: Path, cli) -> None:
-    out, results = tmp_path / "runs", tmp_path / "results"
+@pytest.fixture(scope="module")
+def reproduced(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """``dlmi reproduce --profile tiny`` run once (a real subprocess): the seed's experiments into ``out``,
+    dlmi best into ``out/best``; both write their results files into ``results``."""
+    from tests.conftest import run_cli
+
+    base = tmp_path_factory.mktemp("reproduce")
+    out, results = base / "runs", base / "results"
     args = ("reproduce", "--data-root", str(data_root), "--profile", "tiny", "--out", str(out),
-            "--results", str(results), "--cache-dir", str(tmp_path / "cache"))
-    first = cli(*args)
+            "--results", str(results), "--cache-dir", str(base / "cache"))
+    first = run_cli(*args)
     assert first.returncode == 0, first.stderr
+    return {"args": args, "out": out, "results": results}
+
+
+@pytest.mark.slow
+def test_reproduce_tiny_writes_all_rows_and_resumes(reproduced: dict, cli) -> None:
+    args, out, results = reproduced["args"], reproduced["out"], reproduced["results"]
 
     doc = json.loads((results / "reproduce-tiny.json").read_text())
     assert doc["complete"] is True
@@ -125,6 +145,53 @@ def test_reproduce_tiny_writes_all_rows_and_resumes(data_root: Path, tmp_path: P
     assert (out / "busi-unet-mse" / "eval-test.json").is_file()
     assert stamps == {name: (out / name / "best.pt").stat().st_mtime_ns for name in EXPERIMENTS}
     assert json.loads((results / "reproduce-tiny.json").read_text())["complete"] is True
+
+
+@pytest.mark.slow
+def test_reproduce_only_best_trains_exports_and_reports(reproduced: dict, data_root: Path) -> None:
+    """dlmi best, as the shared run trained, exported and reported it into ``out/best``; then ``--only best``
+    on that folder (in this process) trains nothing more."""
+    from dlmi.cli.main import run
+
+    data, out, results = data_root, reproduced["out"] / "best", reproduced["results"]
+    args = ["reproduce", "--data-root", str(data), "--profile", "tiny", "--only", "best", "--out", str(out),
+            "--results", str(results)]
+
+    best = json.loads((results / "best-tiny.json").read_text())
+    assert set(best) == set(TARGETS) | {"train_minutes", "command"}
+    for key in TARGETS:
+        entry = best[key]
+        assert set(entry) == {"value", "low", "high"}
+        assert entry["low"] <= entry["value"] <= entry["high"]
+    assert best["command"] == f"dlmi reproduce --data-root {data} --profile tiny --only best --out {out}"
+    seconds = json.loads((out / "timing.json").read_text())["busi-best"]
+    assert seconds > 0 and best["train_minutes"] == round(seconds / 60, 1)
+
+    for name in ("busi-best", "brain-mri-best"):
+        manifest = json.loads((out / name / "ensemble.json").read_text())
+        assert manifest["members"] == ["fold-0", "fold-1"]
+        assert (out / name / "exported" / "export.json").is_file()
+    assert (out / "busi-best" / "exported" / "two_stage.onnx").is_file()
+
+    # The BUSI test side is the test side of the same split the seed rows use.
+    from dlmi.splits import make_split
+
+    plain = make_split("busi", data / "busi")
+    folded = json.loads((out / "busi-best" / "split.json").read_text())
+    assert sorted(folded["test"]) == sorted(plain.test)
+
+    detail = json.loads((results / "best-tiny-detail.json").read_text())
+    steps = [row["step"] for row in detail["ablation"]]
+    assert steps[0] == "one joint model (fold 0)" and steps[-1].endswith("(= dlmi best)")
+    assert all("effect_vs_previous" in row for row in detail["ablation"][1:])
+    report = (results / "best-tiny.md").read_text()
+    assert "Ablation" in report and "lesion_dice" in report
+
+    # A second run trains nothing more: the ensembles and their exports are reused.
+    stamp = (out / "busi-best" / "fold-0" / "best.pt").stat().st_mtime_ns
+    assert run(args) == 0
+    assert (out / "busi-best" / "fold-0" / "best.pt").stat().st_mtime_ns == stamp
+    assert json.loads((results / "best-tiny.json").read_text())["command"] == best["command"]
 
 
 def test_reproduce_refuses_missing_dataset_folder(tmp_path: Path, cli) -> None:

@@ -15,10 +15,18 @@ Recipes:
 from __future__ import annotations
 
 import torch
-from torchvision import tv_tensors
-from torchvision.transforms import v2
 
 RECIPES = ("basic", "ultrasound")
+
+
+def _torchvision():
+    """torchvision's ``tv_tensors`` and ``transforms.v2``, imported when augmentation is first used: importing
+    torchvision takes about a second (it loads torch._dynamo), which a run without ``--augment`` (and every
+    ``dlmi train`` that stops at a mistake in its options) need not wait for."""
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    return tv_tensors, v2
 
 
 class RandomGamma:
@@ -54,6 +62,7 @@ class JointAugment:
     def __init__(self, *, flip: float = 0.5, degrees: float = 10.0, translate: float = 0.05,
                  scale: tuple[float, float] = (0.9, 1.1), brightness: float = 0.2,
                  contrast: float = 0.2, gamma: float = 0.0, blur: float = 0.0, noise: float = 0.0) -> None:
+        _, v2 = _torchvision()
         self.transform = v2.Compose([
             v2.RandomHorizontalFlip(p=flip),
             v2.RandomAffine(degrees=degrees, translate=(translate, translate), scale=scale),
@@ -79,6 +88,7 @@ class JointAugment:
         raise ValueError(f"unknown augmentation recipe {name!r}; expected one of {', '.join(RECIPES)}")
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tv_tensors, _ = _torchvision()
         out_image, out_mask = self.transform(tv_tensors.Image(image), tv_tensors.Mask(mask))
         out_image = out_image.as_subclass(torch.Tensor)
         if self.intensity is not None:
