@@ -186,6 +186,16 @@ def test_reproduce_only_best_trains_exports_and_reports(reproduced: dict, data_r
     assert all("effect_vs_previous" in row for row in detail["ablation"][1:])
     report = (results / "best-tiny.md").read_text()
     assert "Ablation" in report and "lesion_dice" in report
+    # The report names the post-processing ensemble.json chose, and the out-of-fold scores recipes are
+    # compared on.
+    busi_manifest = json.loads((out / "busi-best" / "ensemble.json").read_text())
+    smallest = busi_manifest["min_lesion_pixels"]
+    size_rule = f"lesions under {smallest} px called empty" if smallest else "no lesion-size rule"
+    assert f"threshold {busi_manifest['threshold']}, {size_rule}, gate: " in report
+    brain_manifest = json.loads((out / "brain-mri-best" / "ensemble.json").read_text())
+    assert detail["oof"]["brain-mri-best"]["accuracy"] == brain_manifest["oof_accuracy"]
+    assert detail["oof"]["busi-best"]["accuracy"] == busi_manifest["postprocess"]["oof_accuracy"]
+    assert f"brain MRI accuracy {brain_manifest['oof_accuracy']:.3f}" in report
 
     # A second run trains nothing more: the ensembles and their exports are reused.
     stamp = (out / "busi-best" / "fold-0" / "best.pt").stat().st_mtime_ns
