@@ -289,11 +289,19 @@ def score_best(folders: dict[str, Path], data_root: Path, profile: Profile, out:
             "postprocess": postprocess_note(folders[BUSI_BEST]), "oof": _oof_scores(folders)}
 
 
-def postprocess_note(folder: Path) -> str:
-    """The post-processing an ensemble's ``ensemble.json`` chose, in words."""
+def _manifest(folder: Path) -> dict[str, Any] | None:
+    """An ensemble folder's ``ensemble.json``, or ``None`` where it cannot be read."""
     try:
         manifest = json.loads((folder / "ensemble.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def postprocess_note(folder: Path) -> str:
+    """The post-processing an ensemble's ``ensemble.json`` chose, in words."""
+    manifest = _manifest(folder)
+    if manifest is None:
         return "see ensemble.json"
     gate = ("the arg-max class is normal" if manifest.get("normal_threshold") is None
             else f"P(normal) ≥ {manifest['normal_threshold']}")
@@ -320,13 +328,12 @@ def _oof_scores(folders: dict[str, Path]) -> dict[str, Any]:
     """What each ensemble scored out of fold (the development images, not the test side)."""
     scores: dict[str, Any] = {}
     for name, folder in folders.items():
-        try:
-            manifest = json.loads((folder / "ensemble.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        manifest = _manifest(folder)
+        if manifest is None:
             continue
         best = manifest.get("postprocess", {})
         scores[name] = {"accuracy": best.get("oof_accuracy", manifest.get("oof_accuracy")),
-                        **{k: v for k, v in best.get("oof_best", {}).items() if k.endswith(("aided",))}}
+                        **{k: v for k, v in best.get("oof_best", {}).items() if k.endswith("_aided")}}
     return scores
 
 
@@ -368,7 +375,7 @@ def markdown(result: dict[str, Any], profile: Profile, recipe: BestRecipe, machi
         f"{recipe.warmup_epochs} warm-up epochs then poly decay, EMA {recipe.ema}, "
         f"`{recipe.augment_recipe}` augmentation, Dice+BCE with deep supervision + cross-entropy "
         "(label smoothing 0.1); flip TTA; its class head is the gate; "
-        "threshold and lesion-size rule chosen on out-of-fold predictions "
+        "post-processing chosen on out-of-fold predictions "
         f"({result.get('postprocess', 'see ensemble.json')}).",
         f"- **Brain MRI**: an ensemble of {recipe.brain_folds} `{recipe.brain_model}` classifiers from "
         f"scratch, {recipe.brain_image_size}², {recipe.brain_epochs} epochs, AdamW, cosine, EMA, "

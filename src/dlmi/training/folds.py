@@ -96,7 +96,7 @@ def train_folds(config: TrainConfig, folds: int, *, flip_tta: bool = True) -> Pa
     manifest: dict[str, Any] = {"kind": "dlmi ensemble", "members": members, "flip_tta": flip_tta}
     if config.task == CLASSIFICATION:
         oof = out_of_fold(out, members, flip_tta=flip_tta, device=config.device)
-        manifest["oof_accuracy"] = float((oof["class_probs"].argmax(1) == oof["labels"]).mean())
+        manifest["oof_accuracy"] = oof_accuracy(oof)
         manifest["oof_images"] = len(oof["labels"])
     if config.task == JOINT:
         choice = choose_postprocess(out, members, flip_tta=flip_tta, device=config.device)
@@ -144,6 +144,11 @@ def out_of_fold(out: Path, members: list[str], *, flip_tta: bool, device: str = 
             "true_masks": np.concatenate(truths) if truths else None, "normal_index": member.normal_index}
 
 
+def oof_accuracy(oof: dict[str, Any]) -> float:
+    """How often the held-out member's arg-max class was the true one."""
+    return float((oof["class_probs"].argmax(1) == oof["labels"]).mean())
+
+
 def choose_postprocess(out: Path, members: list[str], *, flip_tta: bool,
                        device: str = "cpu") -> dict[str, Any]:
     """The threshold, lesion-size rule and gate rule with the highest out-of-fold seed mIoU (gate applied)."""
@@ -155,30 +160,28 @@ def choose_postprocess(out: Path, members: list[str], *, flip_tta: bool,
     class_probs = oof["class_probs"]
     pixels = probs.shape[1] * probs.shape[2]
     lesion = truth.reshape(len(truth), -1).any(1)
+    # Each gate rule's verdicts, once (without a normal class: none, and only the arg-max rule is listed).
+    gates = {None: class_probs.argmax(1) == normal if normal is not None else np.zeros(len(truth), bool)}
+    if normal is not None:
+        gates.update({t: class_probs[:, normal] >= t for t in NORMAL_THRESHOLDS if t is not None})
     table = []
-    for threshold, fraction, normal_threshold in itertools.product(THRESHOLDS, MIN_LESION_FRACTIONS,
-                                                                    NORMAL_THRESHOLDS):
-        if normal is None:
-            if normal_threshold is not None:
-                continue
-            said_normal = np.zeros(len(class_probs), dtype=bool)
-        elif normal_threshold is None:
-            said_normal = class_probs.argmax(1) == normal
-        else:
-            said_normal = class_probs[:, normal] >= normal_threshold
-        min_pixels = int(math.ceil(fraction * pixels))
-        pred = probs > threshold
-        area = pred.reshape(len(pred), -1).sum(1)
-        gated = said_normal | (area < min_pixels)
-        pred[gated] = False
-        counts = mask_counts(pred, truth)
-        scores, dice = iou_from_counts(*counts), dice_from_counts(*counts)
-        table.append({"threshold": threshold, "min_lesion_pixels": min_pixels,
-                      "normal_threshold": normal_threshold,
-                      "miou_seed_aided": float(scores.mean()),
-                      "lesion_dice_aided": float(dice[lesion].mean()) if lesion.any() else float("nan"),
-                      "empty_fpr_aided": float((~gated[~lesion] & (area[~lesion] > 0)).mean())
-                      if (~lesion).any() else float("nan")})
+    for threshold in THRESHOLDS:
+        above = probs > threshold
+        area = above.reshape(len(above), -1).sum(1)
+        for fraction, (normal_threshold, said_normal) in itertools.product(MIN_LESION_FRACTIONS,
+                                                                            gates.items()):
+            min_pixels = int(math.ceil(fraction * pixels))
+            gated = said_normal | (area < min_pixels)
+            pred = above.copy()
+            pred[gated] = False
+            counts = mask_counts(pred, truth)
+            scores, dice = iou_from_counts(*counts), dice_from_counts(*counts)
+            table.append({"threshold": threshold, "min_lesion_pixels": min_pixels,
+                          "normal_threshold": normal_threshold,
+                          "miou_seed_aided": float(scores.mean()),
+                          "lesion_dice_aided": float(dice[lesion].mean()) if lesion.any() else float("nan"),
+                          "empty_fpr_aided": float((~gated[~lesion] & (area[~lesion] > 0)).mean())
+                          if (~lesion).any() else float("nan")})
     # Highest seed mIoU; ties to the plainest rule (the arg-max gate, threshold nearest 0.5, then the smallest
     # size rule).
     best = max(table, key=lambda r: (round(r["miou_seed_aided"], 6), r["normal_threshold"] is None,
@@ -187,5 +190,5 @@ def choose_postprocess(out: Path, members: list[str], *, flip_tta: bool,
             "criterion": "seed mIoU with the gate (all images; empty truth and empty prediction = 1)",
             "threshold": best["threshold"], "min_lesion_pixels": best["min_lesion_pixels"],
             "normal_threshold": best["normal_threshold"],
-            "oof_accuracy": float((oof["class_probs"].argmax(1) == oof["labels"]).mean()),
+            "oof_accuracy": oof_accuracy(oof),
             "oof_best": best, "candidates": table}
