@@ -24,9 +24,9 @@ from dlmi.training.steps.joint import JointSteps
 CLASSES = ("normal", "benign", "malignant")
 
 
-def joint_model(seed: int = 0, base: int = 4) -> torch.nn.Module:
+def joint_model(seed: int = 0, base: int = 4, head: str = "global") -> torch.nn.Module:
     torch.manual_seed(seed)
-    return create_model("unet-mt", num_classes=3, base_channels=base).eval()
+    return create_model("unet-mt", num_classes=3, base_channels=base, head=head).eval()
 
 
 def test_forward_shapes_any_size_and_deep_outputs():
@@ -35,6 +35,50 @@ def test_forward_shapes_any_size_and_deep_outputs():
     assert seg.shape == (2, 1, 37, 50) and cls.shape == (2, 3)
     seg, cls, aux = model(torch.rand(2, 1, 64, 64), deep=True)
     assert [tuple(a.shape[-2:]) for a in aux] == [(8, 8), (16, 16), (32, 32)]
+
+
+def test_lesion_head_reads_the_mask_without_moving_it():
+    model = joint_model(head="lesion")
+    seg, cls = model(torch.rand(2, 1, 37, 50))
+    assert seg.shape == (2, 1, 37, 50) and cls.shape == (2, 3)
+    model.zero_grad()
+    model(torch.rand(2, 1, 48, 48))[1].sum().backward()
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    assert grads["outc.weight"] is None  # the mask is detached: the class loss does not train it
+    assert grads["head.1.weight"].abs().sum() > 0
+    assert grads["up1.conv.block.0.weight"].abs().sum() > 0  # the decoder's features feed the head
+    # The pooled features follow the mask: a mask over the whole image averages each map (with the prior
+    # weight of one full-size pixel at 0), a mask over none of it gives about 0.
+    maps = [torch.full((1, 4, 128 // s, 128 // s), 2.0) for s in (16, 8, 4, 2)]
+    full = model._lesion_features(torch.full((1, 1, 128, 128), 20.0), maps)
+    none = model._lesion_features(torch.full((1, 1, 128, 128), -20.0), maps)
+    pixels = 128 * 128
+    assert torch.allclose(full[0], torch.full((1, 4), 2.0 * pixels / (pixels + 1)), atol=1e-3)
+    assert full[-1].item() > 0.99
+    assert max(p.abs().max().item() for p in none) < 1e-4
+
+
+def test_unknown_head_is_a_clear_error():
+    with pytest.raises(DlmiError, match="head must be one of global, lesion"):
+        create_model("unet-mt", num_classes=3, head="attention")
+
+
+def test_lesion_head_exports_with_parity(tmp_path):
+    meta = build_meta(task="joint", model="unet-mt", model_options={"base_channels": 4, "head": "lesion"},
+                      num_classes=3, classes=CLASSES, normal_class="normal", image_size=32,
+                      dataset="synthetic", run_dir=str(tmp_path), threshold=0.5)
+    model = joint_model(3, head="lesion")
+    payload = {"model": model.state_dict(), "meta": meta, "epoch": 1}
+    checkpoint = save_checkpoint(tmp_path / "best.pt", payload)
+    report = export_onnx(segmenter=checkpoint, out=tmp_path / "exported")
+    assert report.parity and all(r.passed for r in report.parity)
+    image = np.random.default_rng(1).random((2, 1, 32, 32), dtype=np.float32)
+    probs, masks, gated = ort_session(tmp_path / "exported" / "two_stage.onnx").run(None, {"image": image})
+    with torch.no_grad():
+        t_probs, t_masks, t_gated = JointPipeline(model, normal_index=0)(torch.from_numpy(image))
+    np.testing.assert_allclose(probs, t_probs.numpy(), atol=1e-4)
+    np.testing.assert_allclose(masks, t_masks.numpy(), atol=1e-4)
+    assert gated.astype(bool).tolist() == t_gated.tolist()
 
 
 def test_joint_loss_trains_both_heads():

@@ -2,8 +2,9 @@
 
 A multi-task U-Net: the encoder is the classic U-Net's (``dlmi.models.unet``); the decoder predicts the
 lesion mask; a head on the deepest features (global average and max pooling, dropout, a linear layer)
-predicts the image's class (for BUSI: normal / benign / malignant). Both are trained together, and the
-class head is the gate of classifier-aided segmentation, so the encoder runs once per image.
+predicts the image's class (for BUSI: normal / benign / malignant); with ``head="lesion"`` it also reads
+the bottleneck and the coarser decoder levels averaged under the predicted mask. Both are trained together,
+and the class head is the gate of classifier-aided segmentation, so the encoder runs once per image.
 
 ``forward(x)`` returns ``(seg_logits (N,1,H,W), class_logits (N,K))``. With ``deep=True`` (training with
 deep supervision) it also returns the logits of three coarser decoder levels (1/8, 1/4, 1/2 of the padded
@@ -20,6 +21,10 @@ from typing import Any
 from dlmi.errors import DlmiError
 from dlmi.hookspecs import hookimpl
 
+#: Class heads: ``global`` reads the bottleneck's global average and max; ``lesion`` adds features averaged
+#: under the predicted mask at four scales.
+HEADS = ("global", "lesion")
+
 
 def _positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -33,6 +38,7 @@ def create_unet_mt(
     out_channels: int = 1,
     base_channels: int = 16,
     dropout: float = 0.3,
+    head: str = "global",
     image_size: int | None = None,
 ) -> Any:
     """A joint U-Net (segmentation + classification head); torch is imported only when one is built."""
@@ -42,9 +48,11 @@ def create_unet_mt(
     _positive_int("base_channels", base_channels)
     if not 0.0 <= float(dropout) < 1.0:
         raise DlmiError(f"unet-mt: dropout must be in [0, 1), got {dropout!r}")
+    if head not in HEADS:
+        raise DlmiError(f"unet-mt: head must be one of {', '.join(HEADS)}, got {head!r}")
     from dlmi.models.unet_mt_torch import JointUNet
 
-    return JointUNet(num_classes, in_channels, out_channels, base_channels, float(dropout))
+    return JointUNet(num_classes, in_channels, out_channels, base_channels, float(dropout), head)
 
 
 @hookimpl
@@ -54,5 +62,5 @@ def dlmi_register_models(register) -> None:
         create_unet_mt,
         task="joint",
         description="Joint U-Net: one encoder, mask decoder + class head (options base_channels=16, "
-                    "dropout=0.3); its class head gates the mask",
+                    "dropout=0.3, head=global|lesion); its class head gates the mask",
     )
