@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dlmi.models.unet_mt import HEADS
 from dlmi.models.unet_torch import UNet
-
-HEADS = ("global", "lesion")
 
 
 class JointUNet(UNet):

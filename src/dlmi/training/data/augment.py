@@ -62,7 +62,9 @@ class JointAugment:
     def __init__(self, *, flip: float = 0.5, degrees: float = 10.0, translate: float = 0.05,
                  scale: tuple[float, float] = (0.9, 1.1), brightness: float = 0.2,
                  contrast: float = 0.2, gamma: float = 0.0, blur: float = 0.0, noise: float = 0.0) -> None:
-        _, v2 = _torchvision()
+        tv_tensors, v2 = _torchvision()
+        # The wrapper classes, kept once: __call__ runs per image on the training hot path.
+        self._as_image, self._as_mask = tv_tensors.Image, tv_tensors.Mask
         self.transform = v2.Compose([
             v2.RandomHorizontalFlip(p=flip),
             v2.RandomAffine(degrees=degrees, translate=(translate, translate), scale=scale),
@@ -88,8 +90,7 @@ class JointAugment:
         raise ValueError(f"unknown augmentation recipe {name!r}; expected one of {', '.join(RECIPES)}")
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        tv_tensors, _ = _torchvision()
-        out_image, out_mask = self.transform(tv_tensors.Image(image), tv_tensors.Mask(mask))
+        out_image, out_mask = self.transform(self._as_image(image), self._as_mask(mask))
         out_image = out_image.as_subclass(torch.Tensor)
         if self.intensity is not None:
             out_image = self.intensity(out_image)
