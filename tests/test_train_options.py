@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from dlmi import api
 from dlmi.cli.main import make_app, run
-from dlmi.training.config import TrainConfig
+from dlmi.training.config import TrainConfig, setting_flags
 
 COMMANDS = {"classification": "classifier", "segmentation": "segmenter", "joint": "joint"}
 FUNCTIONS = {"classification": api.train_classifier, "segmentation": api.train_segmenter,
@@ -25,8 +25,7 @@ RUN_CONTROL = {"classification": {"resume", "folds"}, "segmentation": {"resume"}
 
 def task_fields(task: str) -> dict[str, str]:
     """TrainConfig's settings of ``task`` (field name → its command-line flag)."""
-    return {f.name: f.metadata.get("flag", "--" + f.name.replace("_", "-"))
-            for f in dataclasses.fields(TrainConfig)
+    return {f.name: setting_flags(f)[0].split("/")[0] for f in dataclasses.fields(TrainConfig)
             if f.name != "task" and task in f.metadata.get("tasks", COMMANDS)}
 
 

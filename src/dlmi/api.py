@@ -140,20 +140,24 @@ def _resume(task: str, run_dir: Path, overrides: dict[str, Any]) -> Path:
     return resume_training(run_dir, **overrides)
 
 
+# The keywords of the three functions are TrainConfig's settings of their task, in its order
+# (tests/test_train_options.py checks them against ``dlmi.training.config.task_settings``).
+
+
 def train_classifier(
-    *, dataset: str | DatasetSource | None = None, data_dir: PathLike | None = None,
-    out: PathLike | None = None,
-    model: str | None = None, loss: str | None = None, image_size: int | None = None,
-    epochs: int | None = None,
-    batch_size: int | None = None, lr: float | None = None, weight_decay: float | None = None,
-    base_channels: int | None = None, model_options: dict[str, Any] | None = None, device: str | None = None,
+    *, dataset: str | DatasetSource | None = None, out: PathLike | None = None,
+    data_dir: PathLike | None = None, model: str | None = None, model_options: dict[str, Any] | None = None,
+    base_channels: int | None = None, loss: str | None = None,
+    image_size: int | None = None, epochs: int | None = None, batch_size: int | None = None,
+    optimizer: str | None = None, lr: float | None = None, weight_decay: float | None = None,
+    grad_clip: float | None = None, scheduler: str | None = None, class_balance: str | None = None,
+    augment: bool | None = None, best_metric: str | None = None, device: str | None = None,
     deterministic: bool | None = None, seed: int | None = None, workers: int | None = None,
-    split: PathLike | None = None, fold: int | None = None, folds: int | None = None,
-    scheduler: str | None = None, warmup_epochs: int | None = None, ema: float | None = None,
-    class_balance: str | None = None, augment: bool | None = None, augment_recipe: str | None = None,
-    resume: PathLike | None = None, quiet: bool | None = None, precision: str | None = None,
-    channels_last: bool | None = None, compile: bool | None = None, cache: str | None = None,
-    sync_bn: bool | None = None,
+    split: PathLike | None = None, fold: int | None = None, quiet: bool | None = None,
+    precision: str | None = None, channels_last: bool | None = None, compile: bool | None = None,
+    cache: str | None = None, sync_bn: bool | None = None, warmup_epochs: int | None = None,
+    ema: float | None = None, augment_recipe: str | None = None,
+    folds: int | None = None, resume: PathLike | None = None,
 ) -> Path:
     """Train a classifier (``dlmi train classifier``); returns the run folder (or, with ``folds``, the
     ensemble folder). ``resume=RUN`` continues an interrupted run."""
@@ -162,18 +166,20 @@ def train_classifier(
 
 
 def train_segmenter(
-    *, dataset: str | DatasetSource | None = None, data_dir: PathLike | None = None,
-    out: PathLike | None = None,
-    model: str | None = None, loss: str | None = None, aid: PathLike | None = None,
+    *, dataset: str | DatasetSource | None = None, out: PathLike | None = None,
+    data_dir: PathLike | None = None, model: str | None = None, model_options: dict[str, Any] | None = None,
+    base_channels: int | None = None, loss: str | None = None,
+    aid: PathLike | None = None,
     image_size: int | None = None, epochs: int | None = None, batch_size: int | None = None,
-    lr: float | None = None, weight_decay: float | None = None, base_channels: int | None = None,
-    model_options: dict[str, Any] | None = None, device: str | None = None, deterministic: bool | None = None,
-    seed: int | None = None, workers: int | None = None, split: PathLike | None = None,
-    fold: int | None = None,
-    scheduler: str | None = None, class_balance: str | None = None, augment: bool | None = None,
-    resume: PathLike | None = None, quiet: bool | None = None, precision: str | None = None,
-    channels_last: bool | None = None, compile: bool | None = None, cache: str | None = None,
-    sync_bn: bool | None = None,
+    optimizer: str | None = None, lr: float | None = None, weight_decay: float | None = None,
+    grad_clip: float | None = None, scheduler: str | None = None, class_balance: str | None = None,
+    augment: bool | None = None, best_metric: str | None = None, device: str | None = None,
+    deterministic: bool | None = None, seed: int | None = None, workers: int | None = None,
+    split: PathLike | None = None, fold: int | None = None, quiet: bool | None = None,
+    precision: str | None = None, channels_last: bool | None = None, compile: bool | None = None,
+    cache: str | None = None, sync_bn: bool | None = None, warmup_epochs: int | None = None,
+    ema: float | None = None, augment_recipe: str | None = None,
+    resume: PathLike | None = None,
 ) -> Path:
     """Train a segmenter (``dlmi train segmenter``), classifier-aided when ``aid`` names a classifier run;
     returns the run folder."""
@@ -182,19 +188,20 @@ def train_segmenter(
 
 
 def train_joint(
-    *, dataset: str | DatasetSource | None = None, data_dir: PathLike | None = None,
-    out: PathLike | None = None,
-    model: str | None = None, loss: str | None = None, image_size: int | None = None,
-    epochs: int | None = None,
-    batch_size: int | None = None, lr: float | None = None, weight_decay: float | None = None,
-    base_channels: int | None = None, model_options: dict[str, Any] | None = None, device: str | None = None,
+    *, dataset: str | DatasetSource | None = None, out: PathLike | None = None,
+    data_dir: PathLike | None = None, model: str | None = None, model_options: dict[str, Any] | None = None,
+    base_channels: int | None = None, loss: str | None = None,
+    image_size: int | None = None, epochs: int | None = None, batch_size: int | None = None,
+    optimizer: str | None = None, lr: float | None = None, weight_decay: float | None = None,
+    grad_clip: float | None = None, scheduler: str | None = None, class_balance: str | None = None,
+    augment: bool | None = None, best_metric: str | None = None, device: str | None = None,
     deterministic: bool | None = None, seed: int | None = None, workers: int | None = None,
-    split: PathLike | None = None, fold: int | None = None, folds: int | None = None,
-    scheduler: str | None = None, warmup_epochs: int | None = None, ema: float | None = None,
-    class_balance: str | None = None, class_weight: float | None = None, augment: bool | None = None,
-    augment_recipe: str | None = None, resume: PathLike | None = None, quiet: bool | None = None,
+    split: PathLike | None = None, fold: int | None = None, quiet: bool | None = None,
     precision: str | None = None, channels_last: bool | None = None, compile: bool | None = None,
-    cache: str | None = None, sync_bn: bool | None = None,
+    cache: str | None = None, sync_bn: bool | None = None, warmup_epochs: int | None = None,
+    ema: float | None = None, augment_recipe: str | None = None,
+    class_weight: float | None = None, deep_supervision: bool | None = None,
+    folds: int | None = None, resume: PathLike | None = None,
 ) -> Path:
     """Train a joint model (``dlmi train joint``: ``unet-mt``, its class head the gate; scheduler ``poly``
     unless told); with ``folds=K``, K fold models and ``ensemble.json`` in ``out``. Returns the run (or

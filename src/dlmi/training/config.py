@@ -65,9 +65,38 @@ HIGHER_IS_BETTER = {name: higher for metrics in TASK_METRICS.values() for name, 
 PATH_FIELDS = ("out", "data_dir", "aid", "split")
 
 
+ALL_TASKS = (CLASSIFICATION, SEGMENTATION, JOINT)
+MASK_TASKS = (SEGMENTATION, JOINT)
+
+
+def setting(default: Any = dataclasses.MISSING, *, help: str | dict[str, str],
+            flags: tuple[str, ...] | None = None, tasks: tuple[str, ...] = ALL_TASKS,
+            **field_options: Any) -> Any:
+    """A TrainConfig field that is also an option of each ``dlmi train`` command of ``tasks`` and a keyword
+    of its ``dlmi.train_*`` function. ``flags``: the option's names when not ``--field-name`` (``--x/--no-x``
+    for an on/off switch); ``help``: a string, or ``{task: string}`` where it differs per task."""
+    metadata: dict[str, Any] = {"help": help, "tasks": tasks}
+    if flags is not None:
+        metadata["flags"] = flags
+    return field(default=default, metadata=metadata, **field_options)
+
+
+def setting_flags(setting_field: dataclasses.Field[Any]) -> tuple[str, ...]:
+    """The ``dlmi train`` option names of a TrainConfig field."""
+    return tuple(setting_field.metadata.get("flags") or ("--" + setting_field.name.replace("_", "-"),))
+
+
+def task_settings(task: str) -> list[dataclasses.Field[Any]]:
+    """The fields that ``dlmi train`` and ``dlmi.train_*`` offer for ``task``, in declaration order."""
+    return [f for f in dataclasses.fields(TrainConfig) if task in f.metadata.get("tasks", ())]
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run depends on. ``None`` means "the seed's default for this task".
+
+    Each field but ``task`` is declared with :func:`setting`: its metadata makes the ``dlmi train`` options
+    (``dlmi.cli.train``) and says which tasks take it (``dlmi.train_*``'s keywords are checked against it).
 
     Example (in a notebook)::
 
@@ -77,47 +106,86 @@ class TrainConfig:
     """
 
     task: str
-    dataset: str
-    out: str | os.PathLike[str]
-    data_dir: str | os.PathLike[str] | None = None
-    model: str | None = None
-    model_options: dict[str, Any] = field(default_factory=dict)
-    base_channels: int | None = None
-    loss: str | None = None
-    aid: str | os.PathLike[str] | None = None
-    image_size: int = 512
-    epochs: int = 30
-    batch_size: int = 8
-    optimizer: str | None = None
-    lr: float | None = None
-    weight_decay: float | None = None
-    grad_clip: float | None = 5.0
-    scheduler: str = "none"
-    class_balance: str = "none"
-    augment: bool = False
-    best_metric: str | None = None
-    device: str = "auto"
-    deterministic: bool = True
-    seed: int = 0
-    workers: int = 0
-    split: str | os.PathLike[str] | None = None
-    fold: int | None = None
-    quiet: bool = False
+    dataset: str = setting(help="Registered dataset name (see `dlmi plugins`).")
+    out: str | os.PathLike[str] = setting(
+        help="Run folder to create (config, split, metrics.jsonl, best.pt, last.pt, curves).")
+    data_dir: str | os.PathLike[str] | None = setting(
+        None, help="The dataset's folder (not needed for generated data such as `synthetic`).")
+    model: str | None = setting(None, help={CLASSIFICATION: "Registered classification model.",
+                                            SEGMENTATION: "Registered segmentation model.",
+                                            JOINT: "Registered joint model."})
+    model_options: dict[str, Any] = setting(
+        flags=("--model-option",), default_factory=dict,
+        help="Extra model option KEY=VALUE (VALUE read as JSON when it parses), repeatable.")
+    base_channels: int | None = setting(
+        None, help="Model width: the model's `base_channels` option. [default: the model's own]")
+    loss: str | None = setting(None, help={CLASSIFICATION: "Registered classification loss.",
+                                           SEGMENTATION: "Registered segmentation loss: dice, bce, mse, "
+                                                         "dice-bce, …",
+                                           JOINT: "Registered mask loss."})
+    aid: str | os.PathLike[str] | None = setting(
+        None, tasks=(SEGMENTATION,), help="Classifier run folder whose *normal* verdict empties the mask "
+        "(classifier-aided training; same dataset and split required).")
+    image_size: int = setting(512, help="Square input size in pixels (the seed's).")
+    epochs: int = setting(30, help="Number of epochs.")
+    batch_size: int = setting(8, help="Batch size.")
+    optimizer: str | None = setting(None, help="Optimiser: adamw or adam.")
+    lr: float | None = setting(None, help="Learning rate.")
+    weight_decay: float | None = setting(None, help="Weight decay.")
+    grad_clip: float | None = setting(5.0, help="Clip the gradient norm at this value (the seed's 5).")
+    scheduler: str = setting("none", help={
+        CLASSIFICATION: "Learning-rate schedule: none, cosine or poly (after any warm-up).",
+        SEGMENTATION: "Learning-rate schedule: none, cosine or poly (after any warm-up).",
+        JOINT: "Learning-rate schedule: none, cosine or poly (after any warm-up). [default: poly]"})
+    class_balance: str = setting("none", help={
+        CLASSIFICATION: "Class balance: none, sampler (class-balanced draws) or weights (CE weights).",
+        SEGMENTATION: "Class balance: none or sampler (class-balanced draws).",
+        JOINT: "Class balance: none or sampler (class-balanced draws)."})
+    augment: bool = setting(False, help="Joint image/mask augmentation (the recipe: --augment-recipe).")
+    best_metric: str | None = setting(None, help={
+        task: "The validation number that chooses best.pt: " + ", ".join(metrics) + "."
+        for task, metrics in TASK_METRICS.items()})
+    device: str = setting("auto", help="auto (GPU when available), cpu, cuda or cuda:N.")
+    deterministic: bool = setting(True, flags=("--deterministic/--no-deterministic",),
+                                  help="cuDNN: deterministic kernels (reproducible) or autotuned (faster on a "
+                                       "GPU).")
+    seed: int = setting(0, help="Random seed for weights, order and augmentation; same seed on CPU → same "
+                                "weights.")
+    workers: int = setting(0, help="Data-loading worker processes.")
+    split: str | os.PathLike[str] | None = setting(None, help={
+        CLASSIFICATION: "Split file (from `dlmi data split`); without it a default split is made and saved in "
+                        "the run.",
+        SEGMENTATION: "Split file (from `dlmi data split`); without it a default split is made and saved in "
+                      "the run. With --aid, the classifier's split.",
+        JOINT: "Split file (from `dlmi data split`); without it a default split is made and saved in the run."})
+    fold: int | None = setting(
+        None, help="Fold K of a k-fold split file: train on its train part, validate on its val part.")
+    quiet: bool = setting(False, flags=("--quiet", "-q"), help="No progress output.")
     # Speed and scale (docs/distributed.md): autocast precision, NHWC tensors, torch.compile, the decoded-
     # image cache, and BatchNorm over the global batch under torchrun.
-    precision: str = "auto"
-    channels_last: bool = True
-    compile: bool = False
-    cache: str = "auto"
-    sync_bn: bool = True
+    precision: str = setting("auto", help="Forward-pass precision: auto (bf16 on GPUs and on CPUs with native "
+                                          "bf16, else fp32), fp32, bf16, fp16 (CUDA only, with loss scaling).")
+    channels_last: bool = setting(True, flags=("--channels-last/--no-channels-last",),
+                                  help="Channels-last tensors (faster convolutions on CPU and GPU).")
+    compile: bool = setting(False, flags=("--compile/--no-compile",),
+                            help="torch.compile the model (slow start; measured slower on CPU, try it on a "
+                                 "GPU).")
+    cache: str = setting("auto", help="Keep decoded, resized images: auto (memory if it fits, else disk), "
+                                      "memory, disk ($DLMI_CACHE_DIR), none.")
+    sync_bn: bool = setting(True, flags=("--sync-bn/--no-sync-bn",),
+                            help="Under torchrun: BatchNorm statistics over the global batch.")
     # The stronger recipe (docs/training.md): linear warm-up epochs before the schedule, an exponential
     # moving average of the weights (decay per optimiser step; 0 = off), the augmentation recipe used with
     # --augment, and for joint runs the class loss's weight and deep supervision.
-    warmup_epochs: int = 0
-    ema: float = 0.0
-    augment_recipe: str = "basic"
-    class_weight: float = 1.0
-    deep_supervision: bool = True
+    warmup_epochs: int = setting(0, help="Linear warm-up epochs before the schedule.")
+    ema: float = setting(0.0, help="Validate, save and export an EMA of the weights with this decay per step "
+                                   "(0 = off).")
+    augment_recipe: str = setting("basic", help="Augmentation recipe with --augment: basic or ultrasound "
+                                                "(docs/training.md).")
+    class_weight: float = setting(1.0, tasks=(JOINT,), help="Weight of the class loss.")
+    deep_supervision: bool = setting(True, tasks=(JOINT,),
+                                     flags=("--deep-supervision/--no-deep-supervision",),
+                                     help="Mask loss on the decoder's coarser outputs too.")
 
     def __post_init__(self) -> None:
         for name in PATH_FIELDS:  # config.json holds strings; a Path from train_classifier() is fine too
