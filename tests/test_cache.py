@@ -138,7 +138,8 @@ def test_memory_plan() -> None:
     assert not plan_cache("auto", 702, 512, processes_per_machine=10**6).memory  # does not fit: disk
     assert plan_cache("auto", 702, 512, processes_per_machine=10**6).disk
     assert (plan_cache("none", 10, 8).memory, plan_cache("none", 10, 8).disk) == (False, False)
-    assert (plan_cache("both", 10, 8).memory, plan_cache("both", 10, 8).disk) == (True, True)
+    assert (plan_cache("memory", 10, 8).memory, plan_cache("memory", 10, 8).disk) == (True, False)
+    assert (plan_cache("disk", 10, 8).memory, plan_cache("disk", 10, 8).disk) == (False, True)
 
 
 def test_augmentation_is_drawn_per_epoch_after_the_cache(busi_like: Path) -> None:

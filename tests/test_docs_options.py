@@ -98,4 +98,5 @@ def test_documented_option_exists(page: str, path: tuple[str, ...] | None, optio
         assert option in everywhere, f"{page}: `{option}` is not an option of any dlmi command"
     else:  # a group (`dlmi train … --out`): some command of the group
         commands = [p for p in COMMANDS if p[:len(path)] == path and not hasattr(COMMANDS[p], "commands")]
-        assert any(option in help_options(p) for p in commands), f"{page}: `dlmi {' '.join(path)}` has no {option}"
+        assert any(option in help_options(p) for p in commands), \
+            f"{page}: `dlmi {' '.join(path)}` has no {option}"

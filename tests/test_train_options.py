@@ -14,13 +14,15 @@ from typer.testing import CliRunner
 
 from dlmi import api
 from dlmi.cli.main import make_app, run
+from dlmi.errors import DlmiError
 from dlmi.training.config import TrainConfig, setting_flags
 
 COMMANDS = {"classification": "classifier", "segmentation": "segmenter", "joint": "joint"}
 FUNCTIONS = {"classification": api.train_classifier, "segmentation": api.train_segmenter,
              "joint": api.train_joint}
 # Parameters that start, resume or repeat a run rather than set it up (not TrainConfig fields).
-RUN_CONTROL = {"classification": {"resume", "folds"}, "segmentation": {"resume"}, "joint": {"resume", "folds"}}
+RUN_CONTROL = {"classification": {"resume", "folds"}, "segmentation": {"resume"},
+               "joint": {"resume", "folds"}}
 
 
 def task_fields(task: str) -> dict[str, str]:
@@ -80,3 +82,18 @@ def test_a_best_metric_the_task_does_not_log_is_one_line(tmp_path: Path, capsys)
         "dlmi: error: best metric 'val_dice' is not logged by classification training; expected one of "
         "val_accuracy, val_detect_accuracy, val_loss"]
     assert not (tmp_path / "cls").exists()
+
+
+@pytest.mark.parametrize("setting,message", [
+    ({"optimizer": "sgd"}, "unknown optimizer 'sgd'; expected one of adamw, adam"),
+    ({"cache": "both"}, "unknown cache 'both'; expected one of auto, memory, disk, none"),
+])
+def test_removed_choices_are_refused(setting: dict[str, str], message: str, tmp_path: Path) -> None:
+    with pytest.raises(DlmiError) as raised:
+        TrainConfig(task="segmentation", dataset="synthetic", out=str(tmp_path), **setting).resolved()
+    assert str(raised.value) == message
+
+
+def test_a_config_json_without_a_newer_setting_takes_todays_default() -> None:
+    config = TrainConfig.from_dict({"task": "classification", "dataset": "synthetic", "out": "runs/cls"})
+    assert (config.precision, config.channels_last) == ("auto", True)

@@ -20,12 +20,13 @@ from dlmi.atomic import write_json_atomic, write_text_atomic
 from dlmi.datasets.base import DatasetSource, Sample, normal_index
 from dlmi.errors import DlmiError
 from dlmi.evaluation.figures import PanelRow, confusion_matrix_png, panels_png
-from dlmi.evaluation.predict import SidePredictions, predict_side, resolve_device
+from dlmi.evaluation.predict import SidePredictions, predict_side
 from dlmi.evaluation.report import markdown_report
 from dlmi.metrics.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, scored_mean
 from dlmi.metrics.classification import ClassificationScores
 from dlmi.metrics.postprocess import PostProcess, apply_candidates, candidate_postprocesses, select_best
 from dlmi.metrics.segmentation import SegmentationScores, iou
+from dlmi.runtime.device import resolve_device
 from dlmi.training.config import TrainConfig
 
 SIDES = ("train", "val", "test")

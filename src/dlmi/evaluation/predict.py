@@ -18,7 +18,6 @@ from torch.utils.data import DataLoader, Dataset
 from dlmi.datasets.base import DatasetSource, Sample
 from dlmi.datasets.loader import resize_image, resize_mask
 from dlmi.errors import DlmiError
-from dlmi.runtime.device import resolve_device as resolve_device  # re-exported: its old home
 
 
 class EvalImages(Dataset):

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from dlmi.datasets.base import normal_index
-from dlmi.digest import file_digest as file_digest  # re-exported: its old home
+from dlmi.digest import file_digest
 from dlmi.errors import DlmiError
 from dlmi.inference.providers import open_session, torch_device
 

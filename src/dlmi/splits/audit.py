@@ -96,10 +96,6 @@ class AuditResult:
     cache_hits: int = 0
     matches: list[HashMatch] = field(default_factory=list, repr=False)
 
-    def group_index(self) -> dict[str, int]:
-        """Key → index of its group in :attr:`groups` (keys in no group are absent)."""
-        return {key: n for n, group in enumerate(self.groups) for key in group}
-
     def counts(self) -> dict[str, int]:
         return {
             "images": len(self.keys),

@@ -20,17 +20,13 @@ CLASSIFICATION = "classification"
 SEGMENTATION = "segmentation"
 JOINT = "joint"
 
-OPTIMIZERS = ("adamw", "adam", "sgd")
+OPTIMIZERS = ("adamw", "adam")
 SCHEDULERS = ("none", "cosine", "poly")
 AUGMENTATIONS = ("basic", "ultrasound")
 CLASS_BALANCE = ("none", "sampler", "weights")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-CACHE_MODES = ("auto", "memory", "disk", "both", "none")
-
-# A config.json written before a setting existed ran with these values (not today's defaults), so that
-# resuming such a run continues it as it was trained.
-LEGACY_DEFAULTS: dict[str, Any] = {"precision": "fp32", "channels_last": False}
+CACHE_MODES = ("auto", "memory", "disk", "none")
 
 # The seed's settings per task; ``None`` fields of a TrainConfig take these.
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -146,25 +142,23 @@ class TrainConfig:
         task: "The validation number that chooses best.pt: " + ", ".join(metrics) + "."
         for task, metrics in TASK_METRICS.items()})
     device: str = setting("auto", help="auto (GPU when available), cpu, cuda or cuda:N.")
-    deterministic: bool = setting(True, flags=("--deterministic/--no-deterministic",),
-                                  help="cuDNN: deterministic kernels (reproducible) or autotuned (faster on a "
-                                       "GPU).")
+    deterministic: bool = setting(
+        True, flags=("--deterministic/--no-deterministic",),
+        help="cuDNN: deterministic kernels (reproducible) or autotuned (faster on a GPU).")
     seed: int = setting(0, help="Random seed for weights, order and augmentation; same seed on CPU → same "
                                 "weights.")
     workers: int = setting(0, help="Data-loading worker processes.")
     split: str | os.PathLike[str] | None = setting(None, help={
-        CLASSIFICATION: "Split file (from `dlmi data split`); without it a default split is made and saved in "
-                        "the run.",
-        SEGMENTATION: "Split file (from `dlmi data split`); without it a default split is made and saved in "
-                      "the run. With --aid, the classifier's split.",
-        JOINT: "Split file (from `dlmi data split`); without it a default split is made and saved in the run."})
+        task: "Split file (from `dlmi data split`); without it a default split is made and saved in the run."
+        + (" With --aid, the classifier's split." if task == SEGMENTATION else "") for task in ALL_TASKS})
     fold: int | None = setting(
         None, help="Fold K of a k-fold split file: train on its train part, validate on its val part.")
     quiet: bool = setting(False, flags=("--quiet", "-q"), help="No progress output.")
     # Speed and scale (docs/distributed.md): autocast precision, NHWC tensors, torch.compile, the decoded-
     # image cache, and BatchNorm over the global batch under torchrun.
-    precision: str = setting("auto", help="Forward-pass precision: auto (bf16 on GPUs and on CPUs with native "
-                                          "bf16, else fp32), fp32, bf16, fp16 (CUDA only, with loss scaling).")
+    precision: str = setting(
+        "auto", help="Forward-pass precision: auto (bf16 on GPUs and on CPUs with native bf16, else fp32), "
+                     "fp32, bf16, fp16 (CUDA only, with loss scaling).")
     channels_last: bool = setting(True, flags=("--channels-last/--no-channels-last",),
                                   help="Channels-last tensors (faster convolutions on CPU and GPU).")
     compile: bool = setting(False, flags=("--compile/--no-compile",),
@@ -283,7 +277,6 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise DlmiError(f"{source}: unknown training settings {', '.join(unknown)}")
-        data = {**LEGACY_DEFAULTS, **data}
         try:
             return cls(**data)
         except TypeError as exc:

@@ -26,7 +26,6 @@ from dlmi.training.compute.distributed import (
     DistributedContext,
     all_reduce_sum,
     gather_records,
-    resolve_device,
     synchronise_batchnorm,
     wrap_ddp,
 )
@@ -38,8 +37,7 @@ from dlmi.training.folder.curves import plot_learning_curves
 from dlmi.training.folder.progress import TrainingProgress
 from dlmi.training.folder.run_folder import RunFolder
 
-__all__ = ["StepResult", "TaskSteps", "Trainer", "TrainState", "build_optimizer", "resolve_device",
-           "scheduled_lr"]
+__all__ = ["StepResult", "TaskSteps", "Trainer", "TrainState", "build_optimizer", "scheduled_lr"]
 
 
 @dataclass
@@ -110,8 +108,6 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=0.9)
     raise DlmiError(f"unknown optimizer {config.optimizer!r}")
 
 

@@ -71,8 +71,7 @@ def plan_cache(mode: str, samples: int, image_size: int, processes_per_machine: 
         total = physical_memory()
         fits = total is None or estimate * processes_per_machine <= MEMORY_SHARE * total
         return CachePlan(memory=fits, disk=not fits, estimate_bytes=estimate)
-    return CachePlan(memory=mode in ("memory", "both"), disk=mode in ("disk", "both"),
-                     estimate_bytes=estimate)
+    return CachePlan(memory=mode == "memory", disk=mode == "disk", estimate_bytes=estimate)
 
 
 class ResizedDiskCache:
