@@ -200,7 +200,7 @@ def train_joint(
     precision: str | None = None, channels_last: bool | None = None, compile: bool | None = None,
     cache: str | None = None, sync_bn: bool | None = None, warmup_epochs: int | None = None,
     ema: float | None = None, augment_recipe: str | None = None,
-    class_weight: float | None = None, deep_supervision: bool | None = None,
+    class_loss_weight: float | None = None, deep_supervision: bool | None = None,
     folds: int | None = None, resume: PathLike | None = None,
 ) -> Path:
     """Train a joint model (``dlmi train joint``: ``unet-mt``, its class head the gate; scheduler ``poly``

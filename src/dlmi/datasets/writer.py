@@ -14,7 +14,7 @@ from dlmi.datasets.base import DatasetSource, Sample
 from dlmi.errors import DlmiError
 from dlmi.imageio import write_png_atomic
 
-MANIFEST = "dlmi-dataset.json"
+DATASET_MANIFEST = "dlmi-dataset.json"
 
 
 def write_class_folders(
@@ -47,5 +47,5 @@ def write_class_folders(
         counts[source.classes[sample.label]] += 1
     manifest = {"dataset": source.name, "classes": list(source.classes), "normal_class": source.normal_class,
                 "counts": counts, **(provenance or {})}
-    write_text_atomic(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    write_text_atomic(out_dir / DATASET_MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return counts

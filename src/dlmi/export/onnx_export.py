@@ -31,7 +31,7 @@ from torch import nn
 from dlmi.atomic import write_atomic, write_json_atomic
 from dlmi.datasets.base import normal_index as class_index
 from dlmi.errors import DlmiError
-from dlmi.export.files import ALL_FILE_NAMES, file_name
+from dlmi.export.files import ALL_FILE_NAMES, EXPORT_MANIFEST, file_name
 from dlmi.export.metadata import CLASSIFIER, SEGMENTER, TWO_STAGE, build_metadata, set_metadata
 from dlmi.export.parity import ParityResult, check_parity
 from dlmi.runtime.graphs import AsHalf, ClassifierGraph, SegmenterGraph
@@ -41,7 +41,6 @@ OPSET = 18
 FP32_TOLERANCE = 1e-4
 FP16_TOLERANCE = 1e-2
 INPUT_NAME = "image"
-MANIFEST = "export.json"
 
 
 def to_onnx(
@@ -301,7 +300,7 @@ def _write(exported: list[Exported], out: Path, cls: Source | None, seg: Source 
         if name not in written and stale.is_file():
             stale.unlink()
             report.removed.append(stale)
-    write_json_atomic(out / MANIFEST, _manifest(exported, cls, seg))
+    write_json_atomic(out / EXPORT_MANIFEST, _manifest(exported, cls, seg))
     return report
 
 
@@ -332,7 +331,7 @@ def _manifest(exported: Sequence[Exported], cls: Source | None, seg: Source | No
 
 def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
     """The ``export.json`` of an export folder."""
-    path = Path(folder) / MANIFEST
+    path = Path(folder) / EXPORT_MANIFEST
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -39,7 +39,7 @@ import onnx
 
 from dlmi.atomic import write_atomic, write_json_atomic
 from dlmi.errors import DlmiError
-from dlmi.export.files import file_name
+from dlmi.export.files import EXPORT_MANIFEST, file_name
 from dlmi.export.metadata import CLASSIFIER, SEGMENTER, TWO_STAGE, read_metadata, set_metadata
 
 INT8 = "int8"
@@ -53,7 +53,6 @@ TIMING_REPEATS = 3
 # convolution to the next instead of being dequantized and quantized again); the heads (softmax, sigmoid),
 # the gate and the U-Net's padding and cropping stay float.
 QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Relu", "MaxPool", "Concat")
-MANIFEST = "export.json"
 
 
 @dataclass
@@ -344,7 +343,7 @@ def quantize_export(
     for count, option in ((calibration_images, "calibration images"), (check_images, "check images")):
         if count < 1:
             raise DlmiError(f"int8: the number of {option} must be at least 1, got {count}")
-    manifest_path = out / MANIFEST
+    manifest_path = out / EXPORT_MANIFEST
     manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
     run_dir = next((Path(manifest[r]["run_dir"]) for r in ("segmenter", "classifier")
                     if isinstance(manifest.get(r), dict) and manifest[r].get("run_dir")), None)

@@ -166,10 +166,11 @@ class OnnxPredictor(Predictor):
 
 def _manifest_checkpoints(folder: Path) -> list[Path]:
     """The checkpoints an export folder's ``export.json`` names; one line on a malformed file."""
-    from dlmi.export.onnx_export import MANIFEST, read_manifest
+    from dlmi.export.files import EXPORT_MANIFEST
+    from dlmi.export.onnx_export import read_manifest
 
     manifest = read_manifest(folder)
-    where = folder / MANIFEST
+    where = folder / EXPORT_MANIFEST
     if not isinstance(manifest, dict):
         raise DlmiError(f"{where}: expected a JSON object, got {type(manifest).__name__}")
     checkpoints = []

@@ -26,7 +26,7 @@ from torch import nn
 from dlmi.errors import DlmiError
 from dlmi.runtime.trained import Trained
 
-MANIFEST = "ensemble.json"
+ENSEMBLE_FILE = "ensemble.json"
 _EPS = 1e-6
 
 
@@ -90,11 +90,11 @@ class TrainedEnsemble(Trained):
 
 
 def is_ensemble(path: str | os.PathLike[str]) -> bool:
-    return (Path(path) / MANIFEST).is_file()
+    return (Path(path) / ENSEMBLE_FILE).is_file()
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
-    path = folder / MANIFEST
+    path = folder / ENSEMBLE_FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -136,5 +136,5 @@ def load_ensemble(folder: str | os.PathLike[str], *, checkpoint_name: str = "bes
             meta[key] = manifest[key]
     kind = JointEnsemble if first.task == "joint" else ClassifierEnsemble
     model = kind([m.model for m in members], flip_tta=flip_tta).to(map_location).eval()
-    return TrainedEnsemble(model=model, meta=meta, checkpoint=folder / MANIFEST, run_dir=folder,
+    return TrainedEnsemble(model=model, meta=meta, checkpoint=folder / ENSEMBLE_FILE, run_dir=folder,
                            members=members)

@@ -176,7 +176,7 @@ class TrainConfig:
                                    "(0 = off).")
     augment_recipe: str = setting("basic", help="Augmentation recipe with --augment: basic or ultrasound "
                                                 "(docs/training.md).")
-    class_weight: float = setting(1.0, tasks=(JOINT,), help="Weight of the class loss.")
+    class_loss_weight: float = setting(1.0, tasks=(JOINT,), help="Weight of the class loss.")
     deep_supervision: bool = setting(True, tasks=(JOINT,),
                                      flags=("--deep-supervision/--no-deep-supervision",),
                                      help="Mask loss on the decoder's coarser outputs too.")
@@ -236,7 +236,8 @@ class TrainConfig:
             (0.0 <= self.ema < 1.0, f"ema must be in [0, 1), got {self.ema}"),
             (self.augment_recipe in AUGMENTATIONS,
              f"unknown augment recipe {self.augment_recipe!r}; expected one of {', '.join(AUGMENTATIONS)}"),
-            (self.class_weight >= 0, f"class_weight must be 0 or more, got {self.class_weight}"),
+            (self.class_loss_weight >= 0,
+             f"class_loss_weight must be 0 or more, got {self.class_loss_weight}"),
             (self.class_balance != "weights" or self.task == CLASSIFICATION,
              "class balance 'weights' (cross-entropy weights) applies to classifier training only"),
         ]

@@ -53,7 +53,7 @@ def train_folds(config: TrainConfig, folds: int, *, flip_tta: bool = True) -> Pa
     """Train ``folds`` joint models (one per fold) into ``config.out`` and write its ``ensemble.json``."""
     from dlmi.splits import load_split, save_split
     from dlmi.splits.split import with_folds
-    from dlmi.training.data.split_data import load_source, make_default_split, read_split
+    from dlmi.training.data.split_data import load_dataset_samples, make_default_split, read_split
     from dlmi.training.start import resume_training, train
 
     if config.task not in (JOINT, CLASSIFICATION):
@@ -72,7 +72,7 @@ def train_folds(config: TrainConfig, folds: int, *, flip_tta: bool = True) -> Pa
                 f"{split_path}: holds {len(split.folds or [])} folds, not {folds}; use a new --out"
             )
     else:
-        _, samples = load_source(config)
+        _, samples = load_dataset_samples(config)
         base = read_split(config.split) if config.split else make_default_split(config)
         split = base if base.folds and len(base.folds) == folds else with_folds(base, samples, folds,
                                                                                seed=config.seed)
@@ -113,7 +113,7 @@ def out_of_fold(out: Path, members: list[str], *, flip_tta: bool, device: str = 
     from dlmi.runtime.ensemble import ClassifierEnsemble, JointEnsemble
     from dlmi.runtime.trained import load_trained
     from dlmi.splits import load_split, split_samples
-    from dlmi.training.data.split_data import load_source
+    from dlmi.training.data.split_data import load_dataset_samples
 
     split = load_split(out / "split.json")
     keys, labels, probs, masks, truths = [], [], [], [], []
@@ -123,7 +123,7 @@ def out_of_fold(out: Path, members: list[str], *, flip_tta: bool, device: str = 
     for fold, name in enumerate(members):
         member = load_trained(out / name, map_location=torch_device)
         config = TrainConfig.load(out / name / "config.json")
-        source, samples = load_source(config)
+        source, samples = load_dataset_samples(config)
         val = list(split_samples(split, samples, "val", fold=fold))
         joint = config.task == JOINT
         ensemble = JointEnsemble if joint else ClassifierEnsemble

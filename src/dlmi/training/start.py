@@ -254,7 +254,8 @@ def _build_steps(config: TrainConfig, data: SplitData, gate: ClassifierGate | No
         from dlmi.training.steps.joint import JointSteps
 
         normal = normal_index(data.classes, data.normal_class)
-        return JointSteps(create_loss(str(config.loss)).to(device), normal, class_weight=config.class_weight,
+        return JointSteps(create_loss(str(config.loss)).to(device), normal,
+                          class_loss_weight=config.class_loss_weight,
                           deep_supervision=config.deep_supervision)
     return SegmentationSteps(create_loss(str(config.loss)).to(device), gate=gate)
 

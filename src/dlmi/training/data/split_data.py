@@ -42,7 +42,7 @@ class SplitData:
         return sorted(s.key for s in self.samples[side])
 
 
-def load_source(config: TrainConfig) -> tuple[DatasetSource, list[Sample]]:
+def load_dataset_samples(config: TrainConfig) -> tuple[DatasetSource, list[Sample]]:
     """The registered dataset source and all its samples."""
     from dlmi.plugins import get_dataset
 
@@ -76,7 +76,7 @@ def prepare_data(config: TrainConfig, split: Any, *, split_name: str = "split") 
     split_dataset = getattr(split, "dataset", config.dataset)
     if split_dataset != config.dataset:
         raise DlmiError(f"{split_name}: a split of dataset {split_dataset!r}, not of {config.dataset!r}")
-    source, samples = load_source(config)
+    source, samples = load_dataset_samples(config)
     sides = split_sides(split, samples, config.fold)
     for side in ("train", "val"):
         if not sides[side]:

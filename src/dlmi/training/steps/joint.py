@@ -2,8 +2,8 @@
 
 Loss = mask loss (the registered ``--loss``, by default ``dice-bce``) on the full-resolution logits, plus
 the same loss on the deep-supervision outputs (weights 1/2, 1/4, 1/8 of the main one, then all divided by
-their sum, as in nnU-Net; targets downsampled by area averaging), plus ``class_weight`` × cross-entropy of
-the class head (label smoothing ``label_smoothing``). Every image gives a mask gradient, normal ones
+their sum, as in nnU-Net; targets downsampled by area averaging), plus ``class_loss_weight`` × cross-entropy
+of the class head (label smoothing ``label_smoothing``). Every image gives a mask gradient, normal ones
 included (their target is empty): the class head's gate is applied at evaluation and in the exported graph.
 
 Metrics per epoch (definitions of ``docs/metrics.md``), with the prediction ``σ(logit) > 0.5`` and the
@@ -37,11 +37,11 @@ class JointSteps:
 
     task = "joint"
 
-    def __init__(self, seg_loss: nn.Module, normal_index: int | None, *, class_weight: float = 1.0,
+    def __init__(self, seg_loss: nn.Module, normal_index: int | None, *, class_loss_weight: float = 1.0,
                  label_smoothing: float = 0.1, deep_supervision: bool = True, threshold: float = 0.5) -> None:
         self.seg_loss = seg_loss
         self.normal_index = normal_index
-        self.class_weight = float(class_weight)
+        self.class_loss_weight = float(class_loss_weight)
         self.class_loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.deep_supervision = deep_supervision
         self.threshold = threshold
@@ -65,7 +65,8 @@ class JointSteps:
         outputs = model(images, deep=True) if deep else model(images)
         seg, class_logits = outputs[0].float(), outputs[1].float()
         aux = [a.float() for a in outputs[2]] if deep else None
-        loss = self.mask_loss(seg, aux, masks) + self.class_weight * self.class_loss(class_logits, labels)
+        class_loss = self.class_loss(class_logits, labels)
+        loss = self.mask_loss(seg, aux, masks) + self.class_loss_weight * class_loss
         records: dict[str, torch.Tensor] = {
             "pred": class_logits.detach().argmax(dim=1),
             "label": labels,
