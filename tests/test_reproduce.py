@@ -226,3 +226,18 @@ def test_resized_copy_reads_back_identical_inputs(tmp_path: Path, cli) -> None:
     for a, b in zip(ImageDataset(source, original, 32), ImageDataset(source, resized, 32), strict=True):
         assert (a["image"] == b["image"]).all() and (a["mask"] == b["mask"]).all()
     assert resized_copy("busi", tmp_path / "busi", 32, tmp_path / "cache") == copy  # reused, not rewritten
+
+
+def test_one_target_table_the_reproduce_report_links_to_it() -> None:
+    """The targets are set once (``dlmi.experiments.best.TARGETS``, the table of ``best-PROFILE.md``); the
+    reproduce report links to it instead of keeping a second table with other thresholds (issue 18)."""
+    from dlmi.experiments.report import markdown
+
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    doc = json.loads((results / "reproduce-cpu.json").read_text(encoding="utf-8"))
+    for text in (markdown(doc), (results / "reproduce-cpu.md").read_text(encoding="utf-8")):
+        assert "| target | threshold |" not in text
+        assert "[best-cpu.md](best-cpu.md)" in text
+    best = (results / "best-cpu.md").read_text(encoding="utf-8")
+    for key, threshold in TARGETS.items():
+        assert f"| {key} |" in best and f" {threshold} |" in best

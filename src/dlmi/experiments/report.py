@@ -387,47 +387,12 @@ def _findings(doc: dict[str, Any]) -> list[str]:
     return notes
 
 
-# The issue's targets on BUSI's leakage-free test side (set for the gpu profile).
-TARGETS = (
-    ("lesion Dice", "lesion_dice", 0.75),
-    ("seed mIoU, aided evaluation", "miou_seed", 0.70),
-    ("3-class accuracy", "accuracy", 0.88),
-    ("detect accuracy", "detect_accuracy", 0.95),
-)
-
-
-def _best_test(doc: dict[str, Any], key: str, aided_only: bool) -> tuple[str, dict[str, Any]] | None:
-    best: tuple[str, dict[str, Any]] | None = None
-    for exp in doc["experiments"]:
-        if exp["dataset"] != "busi":
-            continue
-        side = _side(exp, "test")
-        candidates = []
-        if exp["task"] == "classification" and key in side:
-            candidates.append((exp["name"], side[key]))
-        for variant, scores in (side.get("variants") or {}).items():
-            if key in scores and (not aided_only or variant.startswith("aided")):
-                candidates.append((f"{exp['name']} ({variant})", scores[key]))
-        for name, number in candidates:
-            if _value(number) is not None and (best is None or number["value"] > best[1]["value"]):
-                best = (name, number)
-    return best
-
-
 def _target_lines(doc: dict[str, Any]) -> list[str]:
-    lines = ["## Targets (set for the gpu profile) against this profile's best test numbers", "",
-             "| target | threshold | best here, test side [95 % CI] | run | reached |",
-             "|---|---|---|---|---|"]
-    for label, key, threshold in TARGETS:
-        best = _best_test(doc, key, aided_only=key == "miou_seed")
-        if best is None:
-            lines.append(f"| {label} | ≥ {threshold} | — | — | — |")
-            continue
-        reached = "yes" if best[1]["value"] >= threshold else "no"
-        lines.append(f"| {label} | ≥ {threshold} | {_fmt(best[1])} | {best[0]} | {reached} |")
-    lines += ["", "Picking the best of several runs on the test side flatters it; read these as what the "
-              "profile can reach, not as a selected model's score.", ""]
-    return lines
+    """Where the targets are: `dlmi best`'s report holds their one table (`best.TARGETS`)."""
+    best = f"best-{doc['profile']['name']}.md"
+    return ["## Targets", "",
+            f"The targets and the numbers measured against them are in [{best}]({best}) (`dlmi reproduce "
+            "--only best`), the one table of them; the runs above reproduce the seed's settings.", ""]
 
 
 def markdown(doc: dict[str, Any]) -> str:
