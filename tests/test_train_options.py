@@ -97,3 +97,9 @@ def test_removed_choices_are_refused(setting: dict[str, str], message: str, tmp_
 def test_a_config_json_without_a_newer_setting_takes_todays_default() -> None:
     config = TrainConfig.from_dict({"task": "classification", "dataset": "synthetic", "out": "runs/cls"})
     assert (config.precision, config.channels_last) == ("auto", True)
+
+
+def test_a_config_json_written_before_a_rename_still_loads() -> None:
+    """A joint run written when the class loss weight was called ``class_weight`` evaluates and resumes."""
+    config = TrainConfig.from_dict({"task": "joint", "dataset": "synthetic", "out": "runs/j", "class_weight": 0.7})
+    assert config.class_loss_weight == 0.7

@@ -87,6 +87,10 @@ def task_settings(task: str) -> list[dataclasses.Field[Any]]:
     return [f for f in dataclasses.fields(TrainConfig) if task in f.metadata.get("tasks", ())]
 
 
+# Settings renamed since a run's config.json may have been written: old name -> today's name.
+RENAMED_SETTINGS = {"class_weight": "class_loss_weight"}
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run depends on. ``None`` means "the seed's default for this task".
@@ -274,6 +278,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
+        data = {RENAMED_SETTINGS.get(key, key): value for key, value in data.items()}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
