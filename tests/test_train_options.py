@@ -101,5 +101,6 @@ def test_a_config_json_without_a_newer_setting_takes_todays_default() -> None:
 
 def test_a_config_json_written_before_a_rename_still_loads() -> None:
     """A joint run written when the class loss weight was called ``class_weight`` evaluates and resumes."""
-    config = TrainConfig.from_dict({"task": "joint", "dataset": "synthetic", "out": "runs/j", "class_weight": 0.7})
+    old = {"task": "joint", "dataset": "synthetic", "out": "runs/j", "class_weight": 0.7}
+    config = TrainConfig.from_dict(old)
     assert config.class_loss_weight == 0.7
