@@ -138,15 +138,18 @@ def test_soft_masks_are_binarised_as_docs_metrics_md_says(tmp_path):
     lesion = square(16, 4, 4, 6)
     save(truth / "lesion.png", lesion)
     save(truth / "empty.png", np.zeros((16, 16), bool))
-    soft = np.where(lesion, 120, 3).astype(np.uint8)  # every value below half the range: no lesion
+    soft = np.where(lesion, 120, 3).astype(np.uint8)  # every value below half the range, no label map
     pred.mkdir()
     Image.fromarray(soft).save(pred / "lesion.png")
     Image.fromarray(soft).save(pred / "empty.png")
-    assert not read_binary_mask(pred / "lesion.png").any()
+    with pytest.raises(DlmiError, match="threshold it"):  # refused, not silently empty (issue 18, defect 4)
+        read_binary_mask(pred / "lesion.png")
+    Image.fromarray(np.where(lesion, 255, 3).astype(np.uint8)).save(pred / "lesion.png")
+    Image.fromarray(np.full((16, 16), 3, np.uint8)).save(pred / "empty.png")  # a label map: 3 is lesion
     out = evaluate_masks(pred, truth, resamples=20, log=lambda m: None)
     per_image = out["segmentation"]
-    assert per_image["empty_truth_false_positive_rate"]["value"] == 0.0  # 3s are not lesion
-    assert per_image["lesion_dice"]["value"] == 0.0
+    assert per_image["empty_truth_false_positive_rate"]["value"] == 1.0
+    assert per_image["lesion_dice"]["value"] == 1.0
     assert out["context"]["binarise_rule"] == BINARISE_RULE
 
 

@@ -78,9 +78,9 @@ def test_16_bit_image_is_stretched_from_its_min_to_max(tmp_path):
     assert (np.diff(out.ravel().astype(int)) >= 0).all()  # order of intensities is kept
 
 
-def test_constant_16_bit_image_is_black_not_nan(tmp_path):
+def test_constant_16_bit_image_is_mid_grey_not_nan(tmp_path):
     path = _save(Image.fromarray(np.full((8, 8), 1000, dtype=np.uint16)), tmp_path / "flat.png")
-    assert (read_grey(path) == 0).all()
+    assert (read_grey(path) == 128).all()  # a window centred on its one value (issue 18, defect 10)
 
 
 def test_1_bit_image_reads_as_0_and_255(tmp_path):

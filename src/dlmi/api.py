@@ -411,7 +411,7 @@ def as_grey(image: np.ndarray) -> np.ndarray:
     """
     from PIL import Image
 
-    from dlmi.imageio import to_grey
+    from dlmi.imageio import stretch_to_grey, to_grey
 
     array = np.asarray(image)
     if array.ndim == 3 and array.shape[2] == 1:
@@ -436,9 +436,7 @@ def as_grey(image: np.ndarray) -> np.ndarray:
     low, high = float(values.min()), float(values.max())
     if np.issubdtype(array.dtype, np.floating) and low >= 0.0 and high <= 1.0:
         return np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8)
-    if not high > low:
-        return np.zeros(array.shape, dtype=np.uint8)
-    return np.clip(np.rint((values - low) / (high - low) * 255.0), 0, 255).astype(np.uint8)
+    return stretch_to_grey(values)  # a constant array is mid-grey, as a constant 16-bit file reads
 
 
 def as_grey_channels(array: np.ndarray) -> np.ndarray:

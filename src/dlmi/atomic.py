@@ -18,13 +18,16 @@ def _read_umask() -> int:
 
 # The permissions an ordinary ``open(path, "w")`` gives: 0o666 less the umask (read once, at import).
 FILE_MODE = 0o666 & ~_read_umask()
+TMP_NAME_KEEP = 48  # characters of the file's name in its temporary's name (at most 4 bytes each in UTF-8)
 
 
 def write_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> Path:
     """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # The temporary name keeps the start of the file's name only, so that any name the file system allows
+    # for the file itself also fits its temporary (``.`` + 48 characters + ``.XXXXXXXX.tmp``).
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:TMP_NAME_KEEP]}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)

@@ -284,10 +284,16 @@ def _windowed(values: np.ndarray, window: _Window) -> np.ndarray:
     return np.clip((values - (c - 0.5)) / (w - 1) + 0.5, 0.0, 1.0) * 255.0
 
 
-def _stretch(values: np.ndarray) -> np.ndarray:
+def stretch_values(values: np.ndarray) -> np.ndarray:
+    """Values onto 0–255 (float) from their own minimum to maximum: a window centred on the middle of their
+    range. A constant array is a window centred on its one value, so it is mid-grey (127.5), whatever the
+    value: it carries no contrast. The one rule for wide DICOM data and 16-bit / float image files."""
+    values = np.asarray(values, dtype=np.float64)
+    if not values.size:
+        return values
     lo, hi = float(values.min()), float(values.max())
     if not hi > lo:
-        return np.zeros(values.shape, dtype=np.float64)
+        return np.full(values.shape, 127.5)
     return (values - lo) / (hi - lo) * 255.0
 
 
@@ -313,7 +319,7 @@ def _colour_to_grey(pixels: np.ndarray, header: Dataset) -> np.ndarray:
         from PIL import Image
 
         return np.asarray(Image.fromarray(np.ascontiguousarray(pixels), "RGB").convert("L"), dtype=np.uint8)
-    return _as_uint8(_stretch(_luma(pixels)))
+    return _as_uint8(stretch_values(_luma(pixels)))
 
 
 def _monochrome_to_grey(pixels: np.ndarray, header: Dataset, settings: _FrameSettings) -> np.ndarray:
@@ -338,7 +344,7 @@ def _monochrome_to_grey(pixels: np.ndarray, header: Dataset, settings: _FrameSet
     elif not signed and not rescaled and not modality_lut and bits <= 8 and pixels.dtype.kind in "ub":
         grey = values * (255.0 / (2**bits - 1))  # 8-bit data as they are, as a PNG would read
     else:
-        grey = _stretch(values)
+        grey = stretch_values(values)
     grey = _as_uint8(grey)
     photometric = str(header.get("PhotometricInterpretation", "")).upper()
     inverse = str(header.get("PresentationLUTShape", "")).upper() == "INVERSE"
@@ -409,10 +415,9 @@ def read_dicom_grey(path: str | os.PathLike[str], frame: int | None = None) -> n
         return frame_to_grey(pixels, header, index)
 
 
-def read_dicom_mask(path: str | os.PathLike[str]) -> np.ndarray:
-    """A single-frame DICOM mask as bool (H, W), binarised by :mod:`dlmi.imageio`'s rule on the stored values:
-    lesion above half the range (``2**BitsStored``), or every non-zero pixel when all values lie in the lower
-    half (a 0/1 label map)."""
+def dicom_mask_values(path: str | os.PathLike[str]) -> tuple[np.ndarray, float]:
+    """A single-frame DICOM mask's stored values (H, W), the brightest sample of each pixel, and half their
+    range (``2**BitsStored``); :func:`dlmi.imageio.binarise_values` makes the mask of them."""
     from pydicom.pixels import pixel_array
 
     path = Path(path)
@@ -426,7 +431,4 @@ def read_dicom_mask(path: str | os.PathLike[str]) -> np.ndarray:
     if values.ndim == 3:
         values = values.max(axis=2)
     bits = int(header.get("BitsStored") or 8)
-    half = (2**bits - 1) / 2.0
-    if float(values.max(initial=0)) < half:
-        return values > 0
-    return values > half
+    return values, (2**bits - 1) / 2.0

@@ -101,10 +101,12 @@ def predict_command(
     image's class and probabilities are written, no masks.
 
     A re-run into the same OUT skips an image only when the same source file was predicted with the same
-    models and settings; anything else is predicted again. Folders holding an earlier predict output are
-    left out. Exit status: **0** every image predicted (or already done); **1** done, but some input files
-    were skipped (unreadable, or a link to nothing; each is named on stderr and listed in
-    predictions.json); **2** a usage, model or output error (one line; nothing more is predicted).
+    models and settings; anything else is predicted again, and the outputs of inputs gone or unreadable
+    since are removed (named on stderr). One run at a time writes into OUT: a second is refused, naming
+    the running one's pid. Folders holding an earlier predict output are left out. Exit status: **0**
+    every image predicted (or already done); **1** done, but some input files were skipped (unreadable, a
+    link to nothing, or an output name too long; each is named on stderr and listed in predictions.json);
+    **2** a usage, model or output error (one line; nothing more is predicted).
 
     Example: `dlmi predict --aided scans/ --models exported/ --out predictions/ --exclude '*_mask*'`
     """

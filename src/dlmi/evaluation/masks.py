@@ -3,17 +3,18 @@
 Rules (also in ``docs/metrics.md``):
 
 * Pairing: every image file under ``truth_dir`` (recursively) is one image; its prediction is the file with
-  the same relative path under ``pred_dir``, or — when that is absent — the one file with the same relative
-  path and stem and another image suffix (``a/x.png`` for ``a/x.jpg``). Prediction files without a truth are
+  the same relative path under ``pred_dir``, or — when that is absent — ``dlmi predict``'s name for it (the
+  full file name and ``.png``: ``a/x.png.png`` for ``a/x.png``), or the one file with the same relative path
+  and stem and another image suffix (``a/x.png`` for ``a/x.jpg``). Prediction files without a truth are
   ignored and counted.
 * A truth file without a prediction is an error naming it; with ``missing_as_empty=True`` it is scored as an
-  empty prediction instead (and counted).
+  empty prediction instead (and counted). When no prediction pairs with any truth, nothing is scored: an
+  error saying so, with or without ``missing_as_empty``.
 * A prediction of another size than its truth is an error naming both sizes; with ``resize=True`` it is
   resized to the truth's size with nearest-neighbour sampling.
-* Binarisation (:func:`read_binary_mask`, the rule of ``BINARISE_RULE`` and ``docs/metrics.md``): a pixel is
-  lesion where its value is above half the range (127 for 8-bit files); a mask whose values are only 0 and 1
-  (a label map) has lesion where it is 1. A colour mask's value is its brightest channel, with transparency
-  composited on black. A soft mask whose values all lie below half the range (say 3 and 120) has no lesion.
+* Binarisation (:func:`read_binary_mask`): the one rule of :data:`dlmi.imageio.MASK_RULE` that training's
+  reader uses too (``BINARISE_RULE`` and ``docs/metrics.md``): lesion above half the range; in a label map
+  (whole values up to 15: 0/1, 0/2, 0/1/2), wherever non-zero; a soft mask below half the range is refused.
 * A folder whose files look like images rather than masks (many grey levels, mostly mid-grey) is warned
   about, naming it: a BUSI-layout folder keeps each scan beside its ``*_mask.png``.
 * Lesion images are those with at least one true lesion pixel. When the truth files sit in sub-folders, the
@@ -23,25 +24,20 @@ Rules (also in ``docs/metrics.md``):
 from __future__ import annotations
 
 import sys
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from dlmi.datasets.loader import resize_mask
 from dlmi.errors import DlmiError
-from dlmi.imageio import is_image_file
+from dlmi.imageio import MASK_RULE, binarise_values, is_image_file, read_mask_values
 from dlmi.metrics.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
 from dlmi.metrics.segmentation import SegmentationScores
 
-BINARISE_RULE = ("lesion where the value is above half the range (127 for 8-bit masks; a colour mask's "
-                 "value is its brightest channel, transparency on black); in a mask holding only the "
-                 "values 0 and 1 (a label map), where it is 1")
-LABEL_MAP_VALUES = (0, 1)
+BINARISE_RULE = MASK_RULE
 IMAGE_LIKE_LEVELS = 16  # a mask has a few grey levels (JPEG ringing adds some near 0 and 255)
 IMAGE_LIKE_MID_FRACTION = 0.25  # ... and few mid-grey pixels; a scan is mostly mid-grey
 
@@ -54,48 +50,14 @@ class MaskFile:
     looks_like_image: bool
 
 
-def _values(image: Image.Image) -> tuple[np.ndarray, float]:
-    """The value of each pixel as :data:`BINARISE_RULE` defines it, and half the mode's range."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        values = np.asarray(image).astype(np.float64)
-        values = values.max(axis=2) if values.ndim == 3 else values
-        if image.mode == "F":
-            return values, 0.5
-        return values, 127.5 if float(values.max(initial=0)) <= 255 else 32767.5
-    if image.mode in ("P", "PA", "RGBA", "LA", "RGBa", "La"):
-        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
-        image = Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
-    elif image.mode not in ("L", "RGB"):
-        image = image.convert("RGB")
-    values = np.asarray(image)
-    return (values.max(axis=2) if values.ndim == 3 else values), 127.5
-
-
-def binarise_for_scoring(image: Image.Image) -> MaskFile:
-    """A mask image as bool (H, W) by :data:`BINARISE_RULE`, with the looks-like-an-image verdict."""
-    if image.mode == "1":
-        return MaskFile(np.asarray(image, dtype=bool), looks_like_image=False)
-    values, half = _values(image)
+def read_mask_file(path: Path) -> MaskFile:
+    """Read and binarise one mask file by the one rule of :data:`dlmi.imageio.MASK_RULE` (the reader
+    training uses), with the looks-like-an-image verdict; a one-line :class:`DlmiError` naming it."""
+    values, half = read_mask_values(path)
+    mask = binarise_values(values, half, path)
     levels = np.unique(values)
-    label_map = bool(np.isin(levels, LABEL_MAP_VALUES).all())
-    mask = values == 1 if label_map else values > half
     mid = float(((values > 0.2 * half) & (values < 1.8 * half)).mean()) if values.size else 0.0
     return MaskFile(mask, looks_like_image=len(levels) > IMAGE_LIKE_LEVELS and mid > IMAGE_LIKE_MID_FRACTION)
-
-
-def read_mask_file(path: Path) -> MaskFile:
-    """Read and binarise one mask file; a one-line :class:`DlmiError` naming it when it cannot be read."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                image.load()
-                return binarise_for_scoring(image)
-    except FileNotFoundError:
-        raise DlmiError(f"{path}: file not found") from None
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise DlmiError(f"{path}: not a readable mask image ({reason})") from None
 
 
 def read_binary_mask(path: Path) -> np.ndarray:
@@ -147,6 +109,8 @@ def pair_masks(pred_dir: Path, truth_dir: Path, *, missing_as_empty: bool) -> tu
     for truth in truths:
         rel = truth.relative_to(truth_dir).as_posix()
         match = rel if rel in preds else None
+        if match is None and f"{rel}.png" in preds:  # dlmi predict's masks/<relative path>.png
+            match = f"{rel}.png"
         if match is None:
             same_stem = by_stem.get(str(Path(rel).with_suffix("")), [])
             if len(same_stem) > 1:
@@ -163,6 +127,10 @@ def pair_masks(pred_dir: Path, truth_dir: Path, *, missing_as_empty: bool) -> tu
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise DlmiError(f"{pred_dir / missing[0]}: no prediction for truth {truth_dir / missing[0]}{more}; "
                         "pass --missing-as-empty to score missing predictions as empty masks")
+    if not used:
+        raise DlmiError(f"{pred_dir}: 0 of {len(truths)} truth masks in {truth_dir} have a prediction here "
+                        "(paired by relative path, e.g. a/x.png with a/x.png, a/x.png.png or a/x.jpg); "
+                        "nothing to score")
     return pairs, len(set(preds) - used)
 
 

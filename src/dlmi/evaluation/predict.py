@@ -13,35 +13,24 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from dlmi.datasets.base import DatasetSource, Sample
-from dlmi.datasets.loader import resize_image, resize_mask
+from dlmi.datasets.loader import ImageDataset
 from dlmi.errors import DlmiError
 
 
-class EvalImages(Dataset):
-    """Each sample's image at ``size`` (the loader's resize), its mask at ``size``, its label and index."""
+class EvalImages(ImageDataset):
+    """Each sample as training's loader reads and resizes it (:class:`ImageDataset`, no augmentation), with
+    the mask as bool (S, S) for scoring: ``{"image": (1,S,S) float 0–1, "mask", "label", "index"}``."""
 
     def __init__(self, source: DatasetSource, samples: Sequence[Sample], size: int) -> None:
-        self.source = source
-        self.samples = list(samples)
-        self.size = int(size)
-
-    def __len__(self) -> int:
-        return len(self.samples)
+        super().__init__(source, samples, int(size))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image, mask = self.source.load(self.samples[index])
-        size = self.size
-        mask = np.zeros((size, size), dtype=bool) if mask is None else resize_mask(mask, size)
-        resized = resize_image(image, size).astype(np.float32) / 255.0
-        return {
-            "mask": torch.from_numpy(mask.copy()),
-            "label": torch.tensor(self.samples[index].label, dtype=torch.long),
-            "index": index,
-            "image": torch.from_numpy(resized)[None],
-        }
+        item = super().__getitem__(index)
+        item["mask"] = item["mask"][0].bool()
+        return item
 
 
 @dataclass

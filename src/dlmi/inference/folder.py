@@ -11,8 +11,11 @@ a multi-frame file (ultrasound cine) is predicted frame by frame, one record per
 SOP Instance / Series Instance UIDs (no patient identifier is read into a record). A file that cannot be read
 (or decoded: a compressed transfer syntax with no decoder here) is reported with its cause and skipped; the
 others complete. A re-run skips the images already in ``progress.jsonl`` when their source file and the
-models are unchanged (unless ``overwrite``). When an output cannot be written, the run stops with one line,
-after writing the tables of the images that were done.
+models are unchanged (unless ``overwrite``), and removes the outputs of inputs gone or unreadable since,
+naming them. When an output cannot be written, the run stops with one line, after writing the tables of the
+images that were done; an input whose output name is too long for the file system is skipped instead. OUT
+is locked while a run writes into it (:class:`~dlmi.inference.outputs.OutputLock`). An image of one
+constant value (no contrast) is predicted and named on stderr.
 
 Three modes, from the models given: ``aided`` (classifier gate + segmenter), ``segmenter`` (masks only) and
 ``classifier`` (a classifier alone: the class and probabilities, no masks).
@@ -33,13 +36,20 @@ import numpy as np
 from dlmi.dicom import dicom_references, is_dicom_file, read_dicom_grey, read_header
 from dlmi.errors import DlmiError
 from dlmi.imageio import PIL_SUFFIXES, read_grey
-from dlmi.inference.discovery import scan_images
+from dlmi.inference.discovery import ImageListing, scan_images
 from dlmi.inference.outputs import (
     CLASSIFY_MODE,
+    OutputLock,
+    OutputNameError,
     OutputWriteError,
     ProgressLog,
     check_unique_outputs,
+    delete_outputs,
     frame_stem,
+    mask_path,
+    name_limit,
+    output_name_problem,
+    overlay_path,
     record_key,
     remove_orphan_temporaries,
     source_identity,
@@ -125,10 +135,19 @@ class Loaded:
     input: np.ndarray | None = None
     source: dict[str, Any] | None = None
     error: str | None = None
+    note: str | None = None  # something to tell about an image read well (one constant value)
 
     @property
     def file(self) -> PurePosixPath:
         return self.unit.file
+
+
+@dataclass
+class Skipped:
+    """A unit whose outputs could not be written for a reason of its own (its name): it alone is skipped."""
+
+    unit: Unit
+    error: str
 
 
 def _is_dicom(path: Path) -> bool:
@@ -147,7 +166,11 @@ def _load(folder: Path, unit: Unit, size: int | None) -> Loaded:
         return Loaded(unit, error=str(exc))
     except Exception as exc:  # e.g. a decompression bomb: name the file and the cause, go on
         return Loaded(unit, error=f"{path}: cannot read image ({type(exc).__name__}: {exc})")
-    return Loaded(unit, grey=grey, input=model_input(grey, size) if size else None, source=source)
+    note = None
+    if grey.size and grey.min() == grey.max():
+        note = (f"{path}: the image holds one value only (no contrast; read as grey {int(grey.flat[0])}): "
+                "predicted, but its result carries no information")
+    return Loaded(unit, grey=grey, input=model_input(grey, size) if size else None, source=source, note=note)
 
 
 def _units_of(folder: Path, file: PurePosixPath) -> list[Unit] | str:
@@ -217,6 +240,7 @@ class _FolderPrediction:
         self.normal_index = info.normal_index
         self.threshold = float(settings.threshold if settings.threshold is not None else info.threshold)
         self.failed: list[dict[str, str]] = []
+        self.removed: list[str] = []  # inputs whose earlier outputs were removed (gone or unreadable now)
         self.progress: ProgressLog | None = None
         self._settings: dict[str, Any] | None = None
 
@@ -238,6 +262,18 @@ class _FolderPrediction:
             entry["frame"] = unit.frame
         self.failed.append(entry)
         self.log(f"skipped {error}")
+        if isinstance(unit, Unit) and self.progress is not None and self.progress.discard(self.out, unit.key):
+            self.removed.append(unit.label())
+
+    def report_removed(self) -> None:
+        """Save the log without the records dropped, and name the inputs whose outputs were removed."""
+        if self.progress is not None:
+            self.progress.save()  # without the records discarded
+        if self.removed:
+            names = ", ".join(self.removed[:10]) + (f" and {len(self.removed) - 10} more"
+                                                     if len(self.removed) > 10 else "")
+            self.log(f"removed the outputs of {len(self.removed)} input(s) gone from {self.folder} or "
+                     f"unreadable now: {names}")
 
     def classified(self, item: Loaded, class_probs: np.ndarray | None,
                    gated: bool | None) -> dict[str, Any]:
@@ -255,14 +291,19 @@ class _FolderPrediction:
         return record
 
     def record(self, item: Loaded, mask: np.ndarray | None, class_probs: np.ndarray | None,
-               gated: bool | None) -> dict[str, Any]:
+               gated: bool | None) -> dict[str, Any] | Skipped:
         assert item.grey is not None
         record = self.classified(item, class_probs, gated)
         if mask is None:
             record.update(mask=None, overlay=None)
         else:
-            masks, overlays = write_image_outputs(self.out, item.unit.stem, item.grey, mask,
-                                                  overlays=self.settings.overlays)
+            stem = item.unit.stem
+            try:
+                masks, overlays = write_image_outputs(self.out, stem, item.grey, mask,
+                                                      overlays=self.settings.overlays)
+            except OutputNameError as exc:  # this image's name only: skip it, the others go on
+                delete_outputs(self.out, {"mask": mask_path(stem), "overlay": overlay_path(stem)})
+                return Skipped(item.unit, str(exc))
             height, width = mask.shape
             pixels = int(mask.sum())
             record.update(lesion_pixels=pixels, lesion_fraction=pixels / float(height * width),
@@ -292,7 +333,7 @@ class _FolderPrediction:
                      None if gated is None else bool(gated[j])) for j, item in enumerate(items)]
 
     def finish_resized(self, item: Loaded, probs: np.ndarray, class_probs: np.ndarray | None,
-                       gated: bool | None) -> dict[str, Any]:
+                       gated: bool | None) -> dict[str, Any] | Skipped:
         assert item.grey is not None
         height, width = item.grey.shape
         if gated:  # the gate emptied the mask: nothing to resize
@@ -334,8 +375,25 @@ class _FolderPrediction:
         return [self.progress.records[u.key] for u in units if u.key in self.progress.records]
 
 
-def _job(function: Callable[..., dict[str, Any]], *args: Any) -> Callable[[], dict[str, Any]]:
+def _job(function: Callable[..., dict[str, Any] | Skipped],
+         *args: Any) -> Callable[[], dict[str, Any] | Skipped]:
     return lambda: function(*args)
+
+
+def _writable_units(prediction: _FolderPrediction, units: list[Unit]) -> list[Unit]:
+    """``units`` less those whose output file name the file system of OUT cannot hold (each one skipped,
+    named): one bad name costs that image only."""
+    if prediction.mode == CLASSIFY_MODE:
+        return units
+    limit = name_limit(prediction.out)
+    kept = []
+    for unit in units:
+        problem = output_name_problem(prediction.out, unit.stem, limit)
+        if problem is None:
+            kept.append(unit)
+        else:
+            prediction.fail(unit, f"{prediction.folder / unit.file}: {problem}")
+    return kept
 
 
 def _pending(prediction: _FolderPrediction, units: Sequence[Unit]) -> list[Unit]:
@@ -409,6 +467,15 @@ def predict_folder(
     if not files and not listing.broken_links:
         raise DlmiError(f"{folder}: no images (png, jpg, jpeg, bmp, tif, dcm) under this folder")
     prepare_output(out)
+    with OutputLock.acquire(out, log):  # one run at a time writes into OUT
+        return _predict_locked(folder, out, predictor, settings, mode, listing, log, progress)
+
+
+def _predict_locked(folder: Path, out: Path, predictor: Predictor, settings: PredictSettings, mode: str,
+                    listing: ImageListing, log: Callable[[str], None], progress: ProgressCallback | None
+                    ) -> PredictSummary:
+    """:func:`predict_folder` once OUT is locked."""
+    files = listing.files
     removed = remove_orphan_temporaries(out)
     if removed:
         log(f"removed {removed} temporary file(s) left in {out} by an interrupted run")
@@ -424,10 +491,12 @@ def predict_folder(
                 prediction.fail(file, found)
             else:
                 units += found
+    units = _writable_units(prediction, units)
     prediction.progress = ProgressLog(out, prediction.output_settings(), overwrite=settings.overwrite)
     if prediction.progress.changed:
         log(f"{prediction.progress.path}: the earlier predictions in {out} were made with other settings "
             f"(changed: {', '.join(prediction.progress.changed)}); predicting every image again")
+    prediction.removed += prediction.progress.remove_stale(out, {u.key: prediction.stem(u) for u in units})
     pending = _pending(prediction, units)
     skipped = len(units) - len(pending)
     if skipped:
@@ -437,7 +506,7 @@ def predict_folder(
     failed_before = len(prediction.failed)
     step = settings.batch_size
     predicted = 0
-    writes: deque[Future[dict[str, Any]]] = deque()
+    writes: deque[Future[dict[str, Any] | Skipped]] = deque()
 
     def drain(keep: int) -> None:
         """Log the finished writes in order until at most ``keep`` are in flight."""
@@ -445,7 +514,11 @@ def predict_folder(
         done = []
         try:
             while writes and (len(writes) > keep or writes[0].done()):
-                done.append(writes.popleft().result())
+                result = writes.popleft().result()
+                if isinstance(result, Skipped):
+                    prediction.fail(result.unit, result.error)
+                else:
+                    done.append(result)
         finally:  # a write that failed stops the run; the ones before it are logged first
             if done:
                 assert prediction.progress is not None
@@ -463,6 +536,8 @@ def predict_folder(
                 prediction.fail(item.unit, item.error)
                 report(predicted, len(prediction.failed) - failed_before, len(pending))
             else:
+                if item.note is not None:
+                    log(item.note)
                 batch.append(item)
             if batch and (len(batch) == step or position == len(pending)):
                 writes.extend(writer.submit(job) for job in prediction.infer(batch))
@@ -474,6 +549,7 @@ def predict_folder(
             future.cancel()
         done_records = prediction.finished_records(units)
         try:
+            prediction.report_removed()
             csv_path, _ = write_tables(out, done_records, classes=prediction.classes,
                                        settings=prediction.output_settings(), failed=prediction.failed)
             saved = f"the {len(done_records)} images done are in {csv_path}"
@@ -484,6 +560,7 @@ def predict_folder(
         reader.shutdown(wait=True, cancel_futures=True)
         writer.shutdown(wait=True, cancel_futures=True)
 
+    prediction.report_removed()
     csv_path, json_path = write_tables(out, prediction.finished_records(units), classes=prediction.classes,
                                        settings=prediction.output_settings(), failed=prediction.failed)
     return PredictSummary(out=out, total=len(units) + failed_before,

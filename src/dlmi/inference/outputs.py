@@ -14,19 +14,32 @@ output per frame, ``masks/<relative path>/frame-0001.png`` and so on. Classifica
 (a classifier and no segmenter) writes no masks or overlays, only the class and probabilities.
 
 An image counts as done in a re-run only when its record names the same source file (path, size,
-modification time) and the outputs are still there; the models and settings are the progress log's first
-line, and a change there predicts every image again.
+modification time), was made with the same models and settings (the progress log's first line, and a digest
+of it in every record), and the outputs are still there; a change of models or settings predicts every image
+again. The outputs (and records) of inputs that are gone or unreadable now are removed, and named on stderr.
+
+One run at a time: ``.dlmi-predict.lock`` in OUT holds the running ``dlmi predict``'s pid (and host); a second
+run into the same OUT is refused in one line naming the holder, and a lock whose process is no longer running
+(a killed run) is taken over. An input whose output file name would be longer than the file system allows
+is skipped (named, in ``failed``); the other images complete.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
+import hashlib
 import io
 import json
 import os
+import socket
+import sys
 import tempfile
+import time
+import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -41,6 +54,9 @@ OVERLAYS = "overlays"
 PROGRESS = "progress.jsonl"
 CSV_NAME = "predictions.csv"
 JSON_NAME = "predictions.json"
+LOCK_NAME = ".dlmi-predict.lock"
+LOCK_BEING_WRITTEN_S = 10.0  # an empty lock file younger than this is one being created right now
+PRIVATE_FIELDS = ("source", "run")  # record fields kept in progress.jsonl only, not in the tables
 LESION_RGB = np.array([255, 40, 40], dtype=np.float32)
 TINT = 0.45
 PNG_LEVEL = 1
@@ -52,6 +68,104 @@ CLASSIFY_MODE = "classifier"
 
 class OutputWriteError(DlmiError):
     """An output file could not be written (disk full, permissions, a file where a folder should be)."""
+
+
+class OutputNameError(OutputWriteError):
+    """One image's output name is too long for the file system: that image is skipped, the run goes on."""
+
+
+def _pid_running(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (one we may not signal counts as running)."""
+    if sys.platform == "win32":  # os.kill would end it there; keep the lock, the message says how to clear it
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+class OutputLock:
+    """OUT's lock: ``.dlmi-predict.lock``, created exclusively, holding the run's pid, host and a token.
+
+    :meth:`acquire` refuses in one line while the holder runs (or runs on another host, where it cannot be
+    checked); a lock whose process has ended is taken over, with a line through ``log``.
+    """
+
+    def __init__(self, path: Path, token: str) -> None:
+        self.path, self.token = path, token
+
+    @classmethod
+    def acquire(cls, out: Path, log: Callable[[str], None] = print) -> OutputLock:
+        path = out / LOCK_NAME
+        token = uuid.uuid4().hex
+        mine = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "token": token}).encode()
+        for _ in range(5):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                cls._clear_if_stale(out, path, log)
+                continue
+            except OSError as exc:
+                reason = exc.strerror or exc
+                raise DlmiError(f"{path}: cannot create the output folder's lock ({reason})") from None
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(mine)
+                handle.flush()
+                os.fsync(handle.fileno())
+            return cls(path, token)
+        raise DlmiError(f"{out}: another dlmi predict keeps taking this folder's lock ({path}); wait for it "
+                        "to end or choose another --out")
+
+    @staticmethod
+    def _clear_if_stale(out: Path, path: Path, log: Callable[[str], None]) -> None:
+        """Refuse while the lock's holder runs; set a dead holder's lock aside."""
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+            age = time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return  # released meanwhile: try again
+        try:
+            holder = json.loads(text)
+            pid, host = int(holder["pid"]), str(holder["host"])
+        except (ValueError, KeyError, TypeError):
+            if age < LOCK_BEING_WRITTEN_S:
+                raise DlmiError(f"{out}: another dlmi predict is starting in this folder (its lock {path} is "
+                                "being written); wait for it to end or choose another --out") from None
+            log(f"{path}: took over an unreadable lock file")
+        else:
+            if host != socket.gethostname() or _pid_running(pid):
+                where = "" if host == socket.gethostname() else f" on host {host}"
+                raise DlmiError(f"{out}: another dlmi predict (pid {pid}{where}) is writing into this "
+                                "folder; wait for it to end or choose another --out (if no such run is "
+                                f"going on, delete {path})")
+            log(f"{path}: took over the lock of pid {pid}, which is no longer running (an interrupted run)")
+        aside = path.with_name(f"{path.name}.{os.getpid()}.stale")
+        try:
+            os.replace(path, aside)
+        except FileNotFoundError:
+            return
+        if aside.read_text(encoding="utf-8", errors="replace") != text:  # a fresh lock, taken meanwhile
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, path)
+        aside.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        """Remove the lock if it is still this run's."""
+        try:
+            holder = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        if isinstance(holder, dict) and holder.get("token") == self.token:
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> OutputLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def source_identity(path: Path) -> dict[str, Any]:
@@ -111,6 +225,48 @@ def overlay_path(stem: str) -> str:
     return f"{OVERLAYS}/{stem}.png"
 
 
+def name_limit(out: Path) -> int:
+    """The longest file name (bytes) the file system under ``out`` allows."""
+    try:
+        return int(os.pathconf(out, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+def output_name_problem(out: Path, stem: str, limit: int) -> str | None:
+    """Why ``stem``'s mask or overlay cannot be written under ``out`` (a name part over ``limit`` bytes)."""
+    for part in PurePosixPath(mask_path(stem)).parts[1:]:
+        if len(os.fsencode(part)) > limit:
+            return (f"output file name too long ({len(os.fsencode(part))} bytes; the file system of {out} "
+                    f"allows {limit}): rename the input")
+    return None
+
+
+def delete_outputs(out: Path, record: dict[str, Any]) -> bool:
+    """Delete a record's mask and overlay (only files under OUT's masks/ and overlays/), and the folders
+    that leaves empty; whether any file was there."""
+    found = False
+    for name, sub in (("mask", MASKS), ("overlay", OVERLAYS)):
+        relative = record.get(name)
+        if not isinstance(relative, str):
+            continue
+        parts = PurePosixPath(relative).parts
+        if len(parts) < 2 or parts[0] != sub or ".." in parts:
+            continue  # not an output path this module writes: leave it alone
+        path = out.joinpath(*parts)
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+            found = True
+        for parent in path.parents:
+            if parent == out / sub or out not in parent.parents:
+                break
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+    return found
+
+
 def remove_orphan_temporaries(out: Path) -> int:
     """Delete the temporary files (``.NAME.XXXX.tmp``) a killed run left in OUT; how many there were."""
     removed = 0
@@ -168,7 +324,8 @@ def _save(image: Image.Image, path: Path, strategy: int = -1) -> Path:
         return write_atomic(path, lambda handle: image.save(handle, format="PNG", compress_level=PNG_LEVEL,
                                                             compress_type=strategy))
     except OSError as exc:
-        raise OutputWriteError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+        error = OutputNameError if exc.errno == errno.ENAMETOOLONG else OutputWriteError
+        raise error(f"{path}: cannot write ({exc.strerror or exc})") from exc
 
 
 def write_png(array: np.ndarray, path: Path) -> Path:
@@ -206,26 +363,32 @@ class ProgressLog:
 
     A last line cut short by a crash is dropped when the log is opened (that image is predicted again), so
     the next record starts on a line of its own. A log written with other settings (models, threshold,
-    mode) is started afresh, and so is every log with ``overwrite``.
+    mode) is started afresh, and so is every log with ``overwrite``; its records are kept in ``earlier``,
+    so that the outputs of inputs gone since can still be found and removed. Every record carries ``run``,
+    a digest of the settings, so a record appended by a run with other models never counts as done.
     """
 
     def __init__(self, out: Path, settings: dict[str, Any], *, overwrite: bool) -> None:
         self.path = out / PROGRESS
+        self.settings = settings
+        self.run = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         self.records: dict[str, dict[str, Any]] = {}
+        self.earlier: dict[str, dict[str, Any]] = {}
         self.changed: list[str] = []
-        if self.path.is_file() and not overwrite:
-            self._read(settings)
+        self.dirty = False  # records were discarded since the log on disk was written
+        if self.path.is_file():
+            self._read(settings, overwrite)
         else:
             self._start(settings)
 
-    def _start(self, settings: dict[str, Any]) -> None:
-        header = (json.dumps({"settings": settings}) + "\n").encode()
+    def _start(self, settings: dict[str, Any], records: Iterable[dict[str, Any]] = ()) -> None:
+        text = "".join(json.dumps(line) + "\n" for line in [{"settings": settings}, *records]).encode()
         try:
-            write_atomic(self.path, lambda f: f.write(header))
+            write_atomic(self.path, lambda f: f.write(text))
         except OSError as exc:
             raise OutputWriteError(f"{self.path}: cannot write ({exc.strerror or exc})") from exc
 
-    def _read(self, settings: dict[str, Any]) -> None:
+    def _read(self, settings: dict[str, Any], overwrite: bool) -> None:
         text = self.path.read_bytes().decode("utf-8", errors="replace")
         lines = text.split("\n")
         torn = lines.pop()  # "" when the file ends with a newline, else a line cut short
@@ -233,20 +396,24 @@ class ProgressLog:
             header = json.loads(lines[0]) if lines else None
         except json.JSONDecodeError:
             header = None
-        previous = header.get("settings") if isinstance(header, dict) else None
-        if previous != settings:
-            previous = previous if isinstance(previous, dict) else {}
-            self.changed = sorted(k for k in set(settings) | set(previous)
-                                  if previous.get(k) != settings.get(k))
-            self._start(settings)
-            return
+        records: dict[str, dict[str, Any]] = {}
         for line in lines[1:]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
             if isinstance(record, dict) and isinstance(record.get("file"), str):
-                self.records[record_key(record["file"], record.get("frame"))] = record
+                records[record_key(record["file"], record.get("frame"))] = record
+        previous = header.get("settings") if isinstance(header, dict) else None
+        if overwrite or previous != settings:
+            if previous != settings:
+                previous = previous if isinstance(previous, dict) else {}
+                self.changed = sorted(k for k in set(settings) | set(previous)
+                                      if previous.get(k) != settings.get(k))
+            self.earlier = records
+            self._start(settings)
+            return
+        self.records = records
         if torn:
             kept = "".join(line + "\n" for line in lines)
             write_atomic(self.path, lambda f: f.write(kept.encode("utf-8")))
@@ -254,9 +421,9 @@ class ProgressLog:
     def is_done(self, key: str, out: Path, *, source: dict[str, Any], stem: str | None,
                 overlays: bool = True) -> bool:
         """Whether ``key`` (a file, or a file's frame: :func:`record_key`) was predicted from this very source
-        file and its outputs are still there (the overlay too, when ``overlays``)."""
+        file with these settings, and its outputs are still there (the overlay too, when ``overlays``)."""
         record = self.records.get(key)
-        if record is None or record.get("source") != source:
+        if record is None or record.get("source") != source or record.get("run") != self.run:
             return False
         if stem is None:  # classification only: no image outputs
             return record.get("mask") is None
@@ -266,8 +433,8 @@ class ProgressLog:
                                 and (out / record["overlay"]).is_file())
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
-        """Append finished records and flush them to disk."""
-        records = list(records)
+        """Append finished records (each marked with this run's settings digest) and flush them to disk."""
+        records = [{**record, "run": self.run} for record in records]
         if not records:
             return
         try:
@@ -280,6 +447,46 @@ class ProgressLog:
             raise OutputWriteError(f"{self.path}: cannot write ({exc.strerror or exc})") from exc
         for record in records:
             self.records[record_key(record["file"], record.get("frame"))] = record
+
+    def discard(self, out: Path, key: str) -> bool:
+        """Forget ``key``'s records (this log's and the earlier one's) and delete their outputs; whether an
+        output file was there. The log on disk is rewritten by :meth:`save`."""
+        found = False
+        for records in (self.records, self.earlier):
+            record = records.pop(key, None)
+            if record is not None:
+                self.dirty = True
+                found = delete_outputs(out, record) or found
+        return found
+
+    def remove_stale(self, out: Path, current: dict[str, str | None]) -> list[str]:
+        """Delete the outputs of every record whose input is not among ``current`` (key → output stem) any
+        more, forget those records and save the log; the inputs whose outputs were removed. An earlier
+        record's outputs under another name than the input gets now are deleted too."""
+        removed = []
+        for key in sorted({*self.records, *self.earlier} - set(current)):
+            record = self.records.get(key) or self.earlier[key]
+            if self.discard(out, key):
+                removed.append(record_label(record))
+        for key, record in [*self.records.items(), *self.earlier.items()]:
+            stem = current.get(key)
+            wanted = {mask_path(stem), overlay_path(stem)} if stem is not None else set()
+            delete_outputs(out, {k: v for k, v in record.items() if k in ("mask", "overlay")
+                                 and v not in wanted})
+        self.save()
+        return removed
+
+    def save(self) -> None:
+        """Rewrite the log without the records discarded (the settings, then the records kept)."""
+        if self.dirty:
+            self._start(self.settings, self.records.values())
+            self.dirty = False
+
+
+def record_label(record: dict[str, Any]) -> str:
+    """A record's input as a user names it: the file, and the frame of a multi-frame DICOM."""
+    frame, frames = record.get("frame"), record.get("frames") or 1
+    return str(record["file"]) if frame is None or frames <= 1 else f"{record['file']} frame {frame}"
 
 
 DICOM_COLUMNS = ("frame", "sop_instance_uid", "series_instance_uid")
@@ -317,7 +524,7 @@ def write_tables(out: Path, records: Sequence[dict[str, Any]], *, classes: Seque
     writer.writerow(csv_columns(classes, mode, dicom))
     for record in records:
         writer.writerow(_csv_row(record, classes, mode, dicom))
-    public = [{k: v for k, v in r.items() if k != "source"} for r in records]
+    public = [{k: v for k, v in r.items() if k not in PRIVATE_FIELDS} for r in records]
     try:
         csv_path = write_atomic(out / CSV_NAME, lambda f: f.write(text.getvalue().encode("utf-8")))
         json_path = write_json_atomic(out / JSON_NAME, {
