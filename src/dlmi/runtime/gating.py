@@ -16,15 +16,17 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where a tensor is made: ONNX prediction (numpy) runs without it
+    import torch
 
 # A logit whose sigmoid is 0 in fp32 and fp16 alike, and which fits in fp16 (max 65504).
 EMPTY_LOGIT = -1.0e4
 
-Array = TypeVar("Array", torch.Tensor, np.ndarray)
+Array = TypeVar("Array", "torch.Tensor", np.ndarray)
 
 
 def says_normal(class_probs: Array, normal_index: int, normal_threshold: float | None = None) -> Array:
@@ -43,6 +45,8 @@ def lesion_pixels(mask_probs: Array, threshold: float) -> Array:
 
 def is_normal(class_logits: torch.Tensor, normal_index: int) -> torch.Tensor:
     """Bool (N,) — the arg-max class of the logits is the normal class (the same as of their softmax)."""
+    import torch
+
     return says_normal(torch.softmax(class_logits.float(), dim=1), normal_index)
 
 
@@ -87,5 +91,7 @@ class Gate:
 
 def gate_logits(seg_logits: torch.Tensor, gated: torch.Tensor) -> torch.Tensor:
     """Replace the (N,1,H,W) logits of gated images by :data:`EMPTY_LOGIT` (a constant: no gradient flows)."""
+    import torch
+
     mask = gated.view(-1, *([1] * (seg_logits.dim() - 1)))
     return torch.where(mask, torch.full_like(seg_logits, EMPTY_LOGIT), seg_logits)
