@@ -69,7 +69,8 @@ def test_aided_prediction_gates_on_the_ensembles_normal_threshold(ensemble, back
     base, folder, images, expected = ensemble
     models = base / "exported" if backend == "onnx" else folder
     out = tmp_path / "out"
-    args = ["predict", "--aided", str(images), "--models", str(models), "--backend", backend, "--out", str(out)]
+    args = ["predict", "--aided", str(images), "--models", str(models), "--backend", backend,
+            "--out", str(out)]
     assert run(args + (["--tile"] if tile else [])) == 0
     assert gated_of(out) == expected
 
