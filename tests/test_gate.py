@@ -131,3 +131,20 @@ def test_the_gate_is_one_rule_on_tensors_and_arrays():
         Gate(0, None, 3)(class_probs)
     assert Gate(0, None, 8).scaled_min_pixels(64 * 64, 32 * 32) == 32
     assert Gate(0, None, 8).scaled_min_pixels(32 * 32, 32 * 32) == 8
+
+
+@pytest.mark.parametrize("tile", [False, True], ids=["resized", "tile"])
+def test_the_smallest_lesion_gates_tiled_prediction_too(ensemble, tile, tmp_path):
+    """ensemble.json's min_lesion_pixels above the image's pixel count: every image is called lesion-free."""
+    import shutil
+
+    _, folder, images, _ = ensemble
+    copy = tmp_path / "ensemble"
+    shutil.copytree(folder, copy)
+    manifest = json.loads((copy / "ensemble.json").read_text())
+    (copy / "ensemble.json").write_text(json.dumps({**manifest, "normal_threshold": 1.0,
+                                                    "min_lesion_pixels": SIZE * SIZE + 1}))
+    out = tmp_path / "out"
+    assert run(["predict", "--aided", str(images), "--models", str(copy), "--backend", "torch",
+                "--out", str(out), *(["--tile"] if tile else [])]) == 0
+    assert set(gated_of(out).values()) == {True}
