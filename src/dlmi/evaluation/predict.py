@@ -6,7 +6,6 @@ as in training) and compared with the prediction thresholded at the checkpoint's
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -62,10 +61,10 @@ class SidePredictions:
         return out
 
 
-def _logit(probability: float) -> float:
+def _checked_threshold(probability: float) -> float:
     if not 0 < probability < 1:
         raise DlmiError(f"segmentation threshold must be between 0 and 1, got {probability}")
-    return math.log(probability / (1 - probability))
+    return float(probability)
 
 
 def predict_side(
@@ -94,7 +93,9 @@ def predict_side(
     if segmenter is not None and classifier is not None and pipeline is None:
         raise DlmiError(f"{classifier.checkpoint}: the aid classifier has no normal class to gate with")
     size = segmenter.image_size if segmenter is not None else classifier.image_size
-    seg_cut = _logit(segmenter.threshold) if segmenter is not None else 0.0
+    # The mask is its probability above the threshold, as ``dlmi predict`` cuts it (not the logit above the
+    # threshold's logit: the two differ by float rounding on pixels at the threshold).
+    seg_cut = _checked_threshold(segmenter.threshold) if segmenter is not None else 0.5
     classes = list(classifier.classes if classifier is not None else segmenter.classes)
 
     labels: list[np.ndarray] = []
@@ -113,11 +114,12 @@ def predict_side(
             image = batch["image"].to(device)
             if pipeline is not None:
                 class_logits, seg_logits = pipeline.parts(image)
-                gates.append(pipeline.gate(class_logits, seg_logits).cpu().numpy())
+                mask_probs = torch.sigmoid(seg_logits)
+                gates.append(pipeline.rule(torch.softmax(class_logits, dim=1), mask_probs).cpu().numpy())
                 logits.append(class_logits.float().cpu().numpy())
-                masks.append((seg_logits[:, 0] > seg_cut).cpu().numpy())
+                masks.append((mask_probs[:, 0] > seg_cut).cpu().numpy())
             elif segmenter is not None:
-                masks.append((module(image)[:, 0].float() > seg_cut).cpu().numpy())
+                masks.append((torch.sigmoid(module(image)[:, 0].float()) > seg_cut).cpu().numpy())
             else:
                 logits.append(module(image).float().cpu().numpy())
 

@@ -8,6 +8,9 @@ Keys (values are plain strings; lists and dicts are JSON):
 - ``classifier_image_size``, ``segmenter_image_size`` where the file has that network
 - ``classes`` (JSON list), ``normal_class`` (empty string where none) for files with a classifier
 - ``threshold``: the mask probability above which a pixel is lesion (files with a segmenter)
+- the gate an ensemble's out-of-fold predictions chose (:class:`dlmi.runtime.gating.Gate`), where it has
+  one: ``normal_threshold`` (files with a classifier; absent: the arg-max class) and ``min_lesion_pixels``
+  (files with a segmenter; absent: 0)
 - ``preprocessing``: JSON, how to turn an image file into the input tensor
 - ``dlmi_version``; ``classifier_run`` / ``segmenter_run`` and ``classifier_checkpoint`` /
   ``segmenter_checkpoint``: the training run folder and checkpoint each network came from
@@ -74,10 +77,14 @@ def build_metadata(
         meta, checkpoint = classifier
         props["classes"] = json.dumps([str(c) for c in meta.get("classes") or []])
         props["normal_class"] = str(meta.get("normal_class") or "")
+        if meta.get("normal_threshold") is not None:
+            props["normal_threshold"] = repr(float(meta["normal_threshold"]))
         props.update(_source_entries(CLASSIFIER, meta, checkpoint))
     if segmenter is not None:
         meta, checkpoint = segmenter
         props["threshold"] = repr(float(meta.get("threshold", 0.5)))
+        if meta.get("min_lesion_pixels"):
+            props["min_lesion_pixels"] = str(int(meta["min_lesion_pixels"]))
         props.update(_source_entries(SEGMENTER, meta, checkpoint))
     main = segmenter if segmenter is not None else classifier
     assert main is not None, "a file holds at least one network"
@@ -116,6 +123,8 @@ class CheckedMetadata:
     classifier_size: int | None = None
     segmenter_size: int | None = None
     threshold: float | None = None
+    normal_threshold: float | None = None
+    min_lesion_pixels: int = 0
 
 
 def _size(props: dict[str, str], key: str, where: str) -> int:
@@ -133,14 +142,14 @@ def _size(props: dict[str, str], key: str, where: str) -> int:
     return value
 
 
-def _threshold(props: dict[str, str], where: str) -> float:
-    raw = props.get("threshold", "0.5")
+def _threshold(props: dict[str, str], where: str, key: str = "threshold") -> float:
+    raw = props.get(key, "0.5")
     try:
         value = float(raw)
     except ValueError:
         value = math.nan
     if not 0.0 < value < 1.0:  # also refuses nan and inf
-        raise DlmiError(f"{where}: metadata key 'threshold' must be between 0 and 1 (a probability), "
+        raise DlmiError(f"{where}: metadata key {key!r} must be between 0 and 1 (a probability), "
                         f"got {raw!r}")
     return value
 
@@ -179,9 +188,13 @@ def check_metadata(props: dict[str, str], kind: str, where: str | os.PathLike[st
     if kind in (CLASSIFIER, TWO_STAGE):
         checked.classes, checked.normal_class = _classes(props, where)
         checked.classifier_size = _size(props, "classifier_image_size", where)
+        if "normal_threshold" in props:
+            checked.normal_threshold = _threshold(props, where, "normal_threshold")
     if kind in (SEGMENTER, TWO_STAGE):
         checked.segmenter_size = _size(props, "segmenter_image_size", where)
         checked.threshold = _threshold(props, where)
+        if "min_lesion_pixels" in props:
+            checked.min_lesion_pixels = _size(props, "min_lesion_pixels", where)
     return checked
 
 

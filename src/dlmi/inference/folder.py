@@ -343,25 +343,34 @@ class _FolderPrediction:
         return self.record(item, mask, class_probs, gated)
 
     def tiled_batch(self, items: Sequence[Loaded]) -> list[Callable[[], dict[str, Any]]]:
-        """Each image segmented tile by tile at its own resolution; the classifier sees the whole image."""
+        """Each image segmented tile by tile at its own resolution; the classifier sees the whole image, and
+        the gate is the models' own (:meth:`ModelInfo.gate`: an ensemble's P(normal) threshold and smallest
+        lesion — as a fraction of the image — included)."""
         info = self.predictor.info
-        class_probs = gated = None
+        class_probs = said_normal = None
+        gate = None
         if self.mode == AIDED_MODE:
-            assert info.classifier_size is not None and self.normal_index is not None
+            assert info.classifier_size is not None
+            gate = info.gate()
             inputs = np.stack([model_input(item.grey, info.classifier_size) for item in items])
             class_probs = self.predictor.classify(inputs)
-            gated = class_probs.argmax(axis=1) == self.normal_index
+            said_normal = gate(class_probs, min_lesion_pixels=0)  # the lesion size: per image, below
         records = []
         for j, item in enumerate(items):
             assert item.grey is not None and info.segmenter_size is not None
-            if gated is not None and gated[j]:
+            gated = None if said_normal is None else bool(said_normal[j])
+            if gated:
                 mask = np.zeros(item.grey.shape, dtype=bool)  # the gate: the classifier says normal
             else:
                 probs = segment_tiled(as_float(item.grey), self.predictor.segment, info.segmenter_size,
                                       batch_size=self.settings.batch_size)
-                mask = probs > self.threshold
+                if gate is not None and gate.min_lesion_pixels > 0:
+                    assert class_probs is not None
+                    smallest = gate.scaled_min_pixels(probs.size, info.segmenter_size ** 2)
+                    gated = bool(gate(class_probs[j:j + 1], probs[None], min_lesion_pixels=smallest)[0])
+                mask = np.zeros(item.grey.shape, dtype=bool) if gated else probs > self.threshold
             records.append(_job(self.record, item, mask, None if class_probs is None else class_probs[j],
-                                None if gated is None else bool(gated[j])))
+                                gated))
         return records
 
     def infer(self, items: Sequence[Loaded]) -> list[Callable[[], dict[str, Any]]]:

@@ -21,6 +21,7 @@ from dlmi.datasets.base import normal_index
 from dlmi.digest import file_digest
 from dlmi.errors import DlmiError
 from dlmi.inference.providers import open_session, torch_device
+from dlmi.runtime.gating import Gate
 
 BACKENDS = ("onnx", "torch")
 
@@ -35,10 +36,18 @@ class ModelInfo:
     segmenter_size: int | None = None
     threshold: float = 0.5
     sources: dict[str, str] = field(default_factory=dict)
+    normal_threshold: float | None = None  # an ensemble's gate: P(normal) at least this (None: arg-max)
+    min_lesion_pixels: int = 0  # an ensemble's gate: fewer lesion pixels (at the model's size) is normal
 
     @property
     def normal_index(self) -> int | None:
         return normal_index(self.classes, self.normal_class)
+
+    def gate(self) -> Gate:
+        """The gate these models apply (:class:`dlmi.runtime.gating.Gate`); needs a normal class."""
+        if self.normal_index is None:
+            raise DlmiError(f"the classifier has no normal class (classes {self.classes}) to gate with")
+        return Gate(self.normal_index, self.normal_threshold, self.min_lesion_pixels, self.threshold)
 
 
 class Predictor(ABC):
@@ -126,6 +135,9 @@ class OnnxPredictor(Predictor):
             segmenter_size=with_masks[0].segmenter_size if with_masks else None,
             threshold=float(with_masks[0].threshold) if with_masks else 0.5,
             sources={k: str(p) for k, p in self.paths.items()},
+            normal_threshold=next((c.normal_threshold for c in with_classes
+                                   if c.normal_threshold is not None), None),
+            min_lesion_pixels=max((c.min_lesion_pixels for c in with_masks), default=0),
         )
         _check_modes(self.info, str(self.folder), aided=aided)
         self.sessions = {kind: open_session(path, provider, threads) for kind, path in self.paths.items()}
@@ -188,19 +200,40 @@ def _manifest_checkpoints(folder: Path) -> list[Path]:
 
 
 def _torch_sources(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Checkpoints or run folders; an export folder stands for the checkpoints its ``export.json`` names."""
+    """Checkpoints or run folders; an export folder stands for the checkpoints its ``export.json`` names
+    (a joint model's export names its one checkpoint twice, as classifier and segmenter: once here)."""
     sources: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir() and (path / "export.json").is_file() and not (path / "best.pt").is_file():
-            sources += _manifest_checkpoints(path)
+            named = _manifest_checkpoints(path)
+            sources += [c for i, c in enumerate(named) if c not in named[:i]]
         else:
             sources.append(path)
     return sources
 
 
+CLASSIFIER_ROLE, SEGMENTER_ROLE = "classifier", "segmenter"
+
+
+def _roles(trained: Any) -> tuple[str, ...]:
+    """What a trained model serves as: a joint model (or an ensemble of them) is classifier and segmenter."""
+    if trained.task == "joint":
+        return (CLASSIFIER_ROLE, SEGMENTER_ROLE)
+    return (CLASSIFIER_ROLE,) if trained.task == "classification" else (SEGMENTER_ROLE,)
+
+
+def _files_of(trained: Any) -> dict[str, Path]:
+    """The files a trained model's outputs depend on, by name: its checkpoint, and an ensemble's members'."""
+    files = {trained.task: trained.checkpoint}
+    for number, member in enumerate(getattr(trained, "members", [])):
+        files[f"{trained.task} member {number}"] = member.checkpoint
+    return files
+
+
 class TorchPredictor(Predictor):
-    """The PyTorch checkpoints (run folders or ``.pt`` files) in eager mode, ``torch.inference_mode()``."""
+    """The PyTorch checkpoints (run folders, ensemble folders or ``.pt`` files) in eager mode,
+    ``torch.inference_mode()``: a classifier and a segmenter, or one joint model (or ensemble)."""
 
     backend = "torch"
 
@@ -208,39 +241,53 @@ class TorchPredictor(Predictor):
                  aided: bool = False, threads: int | None = None) -> None:
         import torch
 
-        from dlmi.runtime.graphs import ClassifierGraph, SegmenterGraph
+        from dlmi.runtime.graphs import ClassifierGraph, JointOutput, SegmenterGraph
         from dlmi.runtime.trained import load_trained
-        from dlmi.runtime.two_stage import TwoStage
+        from dlmi.runtime.two_stage import build_pipeline
 
         self.device = torch_device(provider)
         if threads:
             torch.set_num_threads(int(threads))
-        by_task: dict[str, Any] = {}
+        by_role: dict[str, Any] = {}
         for path in _torch_sources(paths):
             trained = load_trained(path, map_location="cpu")
-            if trained.task in by_task:
-                raise DlmiError(f"{trained.checkpoint}: a second {trained.task} model; give one classifier "
-                                f"and one segmenter (the first is {by_task[trained.task].checkpoint})")
-            by_task[trained.task] = trained
-        cls, seg = by_task.get("classification"), by_task.get("segmentation")
-        self.checkpoints = {t.task: t.checkpoint for t in by_task.values()}
+            for role in _roles(trained):
+                if role in by_role:
+                    raise DlmiError(f"{trained.checkpoint}: a second {role}; give one classifier and one "
+                                    f"segmenter, or one joint model (the first is "
+                                    f"{by_role[role].checkpoint})")
+                by_role[role] = trained
+        cls, seg = by_role.get(CLASSIFIER_ROLE), by_role.get(SEGMENTER_ROLE)
+        joint = seg is not None and seg.task == "joint"
+        loaded = list({id(t): t for t in by_role.values()}.values())
+        self.files = {name: path for t in loaded for name, path in _files_of(t).items()}
+        self.checkpoints = {t.task: t.checkpoint for t in loaded}
+        gate_meta = seg.meta if joint else {}
         self.info = ModelInfo(
             classes=cls.classes if cls else [],
             normal_class=cls.meta.get("normal_class") if cls else None,
             classifier_size=cls.image_size if cls else None,
             segmenter_size=seg.image_size if seg else None,
             threshold=seg.threshold if seg else 0.5,
-            sources={t.task: str(t.checkpoint) for t in by_task.values()},
+            sources={t.task: str(t.checkpoint) for t in loaded},
+            normal_threshold=gate_meta.get("normal_threshold"),
+            min_lesion_pixels=int(gate_meta.get("min_lesion_pixels") or 0),
         )
         where = ", ".join(str(p) for p in paths) or "--models"
         _check_modes(self.info, where, aided=aided)
-        self.classifier = ClassifierGraph(cls.model).to(self.device).eval() if cls else None
-        self.segmenter = SegmenterGraph(seg.model).to(self.device).eval() if seg else None
+
+        def net(trained: Any, output: int) -> Any:
+            return JointOutput(trained.model, output) if trained.task == "joint" else trained.model
+
+        self.classifier = self.segmenter = None
+        if cls is not None:
+            self.classifier = ClassifierGraph(net(cls, JointOutput.CLASSES)).to(self.device).eval()
+        if seg is not None:
+            self.segmenter = SegmenterGraph(net(seg, JointOutput.MASK)).to(self.device).eval()
         self.pipeline = None
-        if cls is not None and seg is not None and self.info.normal_index is not None:
-            self.pipeline = TwoStage(cls.model, seg.model, normal_index=self.info.normal_index,
-                                     classifier_size=cls.image_size, segmenter_size=seg.image_size)
-            self.pipeline = self.pipeline.to(self.device).eval()
+        if seg is not None and (joint or cls is not None) and self.info.normal_index is not None:
+            self.pipeline = build_pipeline(seg, None if joint else cls)
+            self.pipeline = self.pipeline.to(self.device).eval() if self.pipeline is not None else None
 
     @property
     def running_on(self) -> str:
@@ -266,7 +313,7 @@ class TorchPredictor(Predictor):
         return probs, masks, gated.astype(bool)
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"backend": self.backend, "files": {t: file_digest(p) for t, p in self.checkpoints.items()}}
+        return {"backend": self.backend, "files": {name: file_digest(p) for name, p in self.files.items()}}
 
 
 def open_predictor(

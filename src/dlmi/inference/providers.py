@@ -2,7 +2,8 @@
 
 ``auto`` takes CUDA only where a GPU is really present, else the CPU. For onnxruntime, "present" is asked
 of the NVIDIA driver itself (``cuInit`` and ``cuDeviceGetCount`` through ctypes), so choosing a provider
-imports no torch; for the torch backend it is ``torch.cuda.is_available()``. ``cuda`` without a working GPU
+imports no torch; the torch backend's device is :func:`dlmi.runtime.device.resolve_device` (PyTorch's own
+``torch.cuda.is_available()``), as for training and evaluation. ``cuda`` without a working GPU
 is an error — never a silent fall back to the CPU: onnxruntime itself falls back when the CUDA provider
 fails to load, so the providers a session actually got are checked. onnxruntime finds the CUDA and cuDNN
 libraries of PyTorch's wheels through ``onnxruntime.preload_dlls()``, not by importing torch first.
@@ -52,24 +53,15 @@ def cuda_device_count() -> int:
     return 0
 
 
-def _cuda_available(backend: str) -> bool:
-    if backend == "torch":
-        import torch
-
-        return torch.cuda.is_available()
-    return cuda_device_count() > 0
-
-
-def wants_cuda(choice: str, backend: str = "onnx") -> bool:
-    """Whether ``choice`` runs on CUDA here for ``backend`` (onnx or torch); ``cuda`` without a GPU is an
-    error."""
+def wants_cuda(choice: str) -> bool:
+    """Whether ``choice`` runs onnxruntime on CUDA here; ``cuda`` without a GPU is an error. (The torch
+    backend's device is :func:`torch_device`: :func:`dlmi.runtime.device.resolve_device`, the one rule.)"""
     choice = _check_choice(choice)
     if choice == "cpu":
         return False
-    available = _cuda_available(backend)
+    available = cuda_device_count() > 0
     if choice == "cuda" and not available:
-        asked = "torch.cuda.is_available() is False" if backend == "torch" else "the NVIDIA driver lists none"
-        raise DlmiError(f"--provider cuda: no CUDA GPU is available here ({asked}); "
+        raise DlmiError("--provider cuda: no CUDA GPU is available here (the NVIDIA driver lists none); "
                         "use --provider cpu or auto")
     return available
 

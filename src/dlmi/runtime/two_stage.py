@@ -2,8 +2,9 @@
 
 The same module is exported as ``two_stage.onnx``, run by ``dlmi predict --backend torch`` and by
 ``dlmi evaluate``, so the PyTorch, ONNX and evaluation pipelines are one definition. The gate is
-:func:`dlmi.runtime.gating.gate_logits` — the same function aided training uses — and the classifier sees
-the segmenter-sized image resized by :func:`classifier_input`, as in aided training.
+:class:`dlmi.runtime.gating.Gate` — the rule tiled prediction and out-of-fold scoring apply too — emptying
+the mask through :func:`dlmi.runtime.gating.gate_logits`, as aided training does; the classifier sees the
+segmenter-sized image resized by :func:`classifier_input`, as in aided training.
 
 Three pipelines share one interface, ``parts(image) -> (class_logits, seg_logits)`` (the segmenter's logits
 before the gate) and ``forward(image) -> (class_probs, mask_probs, gated)``:
@@ -18,14 +19,13 @@ before the gate) and ``forward(image) -> (class_probs, mask_probs, gated)``:
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dlmi.runtime.gating import gate_logits, is_normal, says_normal
+from dlmi.runtime.gating import Gate, gate_logits
 
 OUTPUT_NAMES = ("class_probs", "mask_probs", "gated")
 
@@ -38,23 +38,31 @@ def classifier_input(image: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class Pipeline(nn.Module):
-    """Shared head of every pipeline: class logits and ungated mask logits → probabilities and the gate."""
+    """Shared head of every pipeline: class logits and ungated mask logits → probabilities and the gate
+    (:class:`dlmi.runtime.gating.Gate`, the one rule every path applies)."""
 
     output_names = OUTPUT_NAMES
-    normal_index: int
+    rule: Gate
+
+    @property
+    def normal_index(self) -> int:
+        return self.rule.normal_index
 
     def parts(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(class logits (N,K), segmentation logits (N,1,H,W) before the gate), both float32."""
         raise NotImplementedError
 
-    def gate(self, class_logits: torch.Tensor, seg_logits: torch.Tensor) -> torch.Tensor:
-        """Bool (N,): the images whose mask is emptied — the class head says normal."""
-        return is_normal(class_logits, self.normal_index)
+    def outputs(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(class probs (N,K), mask probs (N,1,H,W) before the gate, gated (N,) bool)."""
+        class_logits, seg_logits = self.parts(image)
+        class_probs, mask_probs = torch.softmax(class_logits, dim=1), torch.sigmoid(seg_logits)
+        return class_probs, mask_probs, self.rule(class_probs, mask_probs)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         class_logits, seg_logits = self.parts(image)
-        gated = self.gate(class_logits, seg_logits)
-        return torch.softmax(class_logits, dim=1), torch.sigmoid(gate_logits(seg_logits, gated)), gated
+        class_probs = torch.softmax(class_logits, dim=1)
+        gated = self.rule(class_probs, torch.sigmoid(seg_logits))
+        return class_probs, torch.sigmoid(gate_logits(seg_logits, gated)), gated
 
 
 class TwoStage(Pipeline):
@@ -74,7 +82,7 @@ class TwoStage(Pipeline):
         super().__init__()
         self.classifier = classifier
         self.segmenter = segmenter
-        self.normal_index = int(normal_index)
+        self.rule = Gate(int(normal_index))
         self.classifier_size = int(classifier_size)
         self.segmenter_size = int(segmenter_size)
 
@@ -99,17 +107,16 @@ class JointPipeline(Pipeline):
                  threshold: float = 0.5, normal_threshold: float | None = None) -> None:
         super().__init__()
         self.model = model
-        self.normal_index = int(normal_index)
-        self.min_lesion_pixels = int(min_lesion_pixels)
-        self.logit_threshold = math.log(threshold / (1.0 - threshold))
-        self.normal_threshold = None if normal_threshold is None else float(normal_threshold)
+        self.rule = Gate(int(normal_index), None if normal_threshold is None else float(normal_threshold),
+                         int(min_lesion_pixels), float(threshold))
 
-    def gate(self, class_logits: torch.Tensor, seg_logits: torch.Tensor) -> torch.Tensor:
-        gated = says_normal(class_logits, self.normal_index, self.normal_threshold)
-        if self.min_lesion_pixels > 0:
-            area = (seg_logits > self.logit_threshold).flatten(1).sum(dim=1)
-            gated = gated | (area < self.min_lesion_pixels)
-        return gated
+    @property
+    def min_lesion_pixels(self) -> int:
+        return self.rule.min_lesion_pixels
+
+    @property
+    def normal_threshold(self) -> float | None:
+        return self.rule.normal_threshold
 
     def parts(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         seg_logits, class_logits = self.model(image)
@@ -136,7 +143,6 @@ def build_pipeline(segmenter: Any, classifier: Any = None) -> Pipeline | None:
 def joint_pipeline_options(meta: dict[str, Any], normal_index: int) -> dict[str, Any]:
     """A joint model's :class:`JointPipeline` settings from its metadata (the post-processing rules an
     ensemble's ``ensemble.json`` chose; defaults for a single run)."""
-    normal_threshold = meta.get("normal_threshold")
-    return {"normal_index": int(normal_index), "min_lesion_pixels": int(meta.get("min_lesion_pixels", 0)),
-            "threshold": float(meta.get("threshold", 0.5)),
-            "normal_threshold": None if normal_threshold is None else float(normal_threshold)}
+    rule = Gate.from_meta(meta, normal_index)
+    return {"normal_index": rule.normal_index, "min_lesion_pixels": rule.min_lesion_pixels,
+            "threshold": rule.threshold, "normal_threshold": rule.normal_threshold}

@@ -135,7 +135,8 @@ def out_of_fold(out: Path, members: list[str], *, flip_tta: bool, device: str = 
                 class_logits = outputs[1] if joint else outputs
                 probs.append(torch.softmax(class_logits, 1).cpu().numpy())
                 if joint:
-                    masks.append(torch.sigmoid(outputs[0][:, 0]).cpu().numpy().astype(np.float16))
+                    # float32, as prediction thresholds them (float16 rounding moves pixels across it)
+                    masks.append(torch.sigmoid(outputs[0][:, 0]).cpu().numpy())
                     truths.append(batch["mask"].numpy())
                 labels.append(batch["label"].numpy())
         keys += [s.key for s in val]
@@ -149,6 +150,24 @@ def oof_accuracy(oof: dict[str, Any]) -> float:
     return float((oof["class_probs"].argmax(1) == oof["labels"]).mean())
 
 
+def oof_masks(oof: dict[str, Any], *, threshold: float, min_lesion_pixels: int = 0,
+              normal_threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The out-of-fold masks (N,H,W) bool and gate (N,) bool under one setting: the runtime's gate
+    (:class:`dlmi.runtime.gating.Gate`) on the out-of-fold probabilities; no gate without a normal class."""
+    from dlmi.runtime.gating import Gate
+
+    probs = oof["mask_probs"]
+    normal = oof["normal_index"]
+    if normal is None:
+        gated = np.zeros(len(probs), dtype=bool)
+    else:
+        rule = Gate(normal, normal_threshold, min_lesion_pixels, threshold)
+        gated = np.asarray(rule(oof["class_probs"], probs), dtype=bool)
+    pred = probs > threshold
+    pred[gated] = False
+    return pred, gated
+
+
 def choose_postprocess(out: Path, members: list[str], *, flip_tta: bool,
                        device: str = "cpu") -> dict[str, Any]:
     """The threshold, lesion-size rule and gate rule with the highest out-of-fold seed mIoU (gate applied)."""
@@ -157,31 +176,24 @@ def choose_postprocess(out: Path, members: list[str], *, flip_tta: bool,
     oof = out_of_fold(out, members, flip_tta=flip_tta, device=device)
     probs, truth = oof["mask_probs"].astype(np.float32), oof["true_masks"].astype(bool)
     normal = oof["normal_index"]
-    class_probs = oof["class_probs"]
     pixels = probs.shape[1] * probs.shape[2]
     lesion = truth.reshape(len(truth), -1).any(1)
-    # Each gate rule's verdicts, once (without a normal class: none, and only the arg-max rule is listed).
-    gates = {None: class_probs.argmax(1) == normal if normal is not None else np.zeros(len(truth), bool)}
-    if normal is not None:
-        gates.update({t: class_probs[:, normal] >= t for t in NORMAL_THRESHOLDS if t is not None})
+    rules = [None] if normal is None else list(NORMAL_THRESHOLDS)
+    areas = {t: (probs > t).reshape(len(probs), -1).sum(1) for t in THRESHOLDS}
     table = []
-    for threshold in THRESHOLDS:
-        above = probs > threshold
-        area = above.reshape(len(above), -1).sum(1)
-        for fraction, (normal_threshold, said_normal) in itertools.product(MIN_LESION_FRACTIONS,
-                                                                            gates.items()):
-            min_pixels = int(math.ceil(fraction * pixels))
-            gated = said_normal | (area < min_pixels)
-            pred = above.copy()
-            pred[gated] = False
-            counts = mask_counts(pred, truth)
-            scores, dice = iou_from_counts(*counts), dice_from_counts(*counts)
-            table.append({"threshold": threshold, "min_lesion_pixels": min_pixels,
-                          "normal_threshold": normal_threshold,
-                          "miou_seed_aided": float(scores.mean()),
-                          "lesion_dice_aided": float(dice[lesion].mean()) if lesion.any() else float("nan"),
-                          "empty_fpr_aided": float((~gated[~lesion] & (area[~lesion] > 0)).mean())
-                          if (~lesion).any() else float("nan")})
+    for threshold, fraction, normal_threshold in itertools.product(THRESHOLDS, MIN_LESION_FRACTIONS, rules):
+        min_pixels = int(math.ceil(fraction * pixels))
+        pred, gated = oof_masks(oof, threshold=threshold, min_lesion_pixels=min_pixels,
+                                normal_threshold=normal_threshold)
+        area = areas[threshold]
+        counts = mask_counts(pred, truth)
+        scores, dice = iou_from_counts(*counts), dice_from_counts(*counts)
+        table.append({"threshold": threshold, "min_lesion_pixels": min_pixels,
+                      "normal_threshold": normal_threshold,
+                      "miou_seed_aided": float(scores.mean()),
+                      "lesion_dice_aided": float(dice[lesion].mean()) if lesion.any() else float("nan"),
+                      "empty_fpr_aided": float((~gated[~lesion] & (area[~lesion] > 0)).mean())
+                      if (~lesion).any() else float("nan")})
     # Highest seed mIoU; ties to the plainest rule (the arg-max gate, threshold nearest 0.5, then the smallest
     # size rule).
     best = max(table, key=lambda r: (round(r["miou_seed_aided"], 6), r["normal_threshold"] is None,
