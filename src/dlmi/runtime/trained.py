@@ -137,11 +137,11 @@ def load_trained(
     ``export.json`` names as the checkpoint), loads as a :class:`dlmi.runtime.ensemble.TrainedEnsemble`,
     which has the same attributes.
     """
-    from dlmi.runtime.ensemble import MANIFEST, is_ensemble, load_ensemble
+    from dlmi.runtime.ensemble import ENSEMBLE_FILE, is_ensemble, load_ensemble
 
     if Path(path).is_dir() and is_ensemble(path):
         return load_ensemble(path, checkpoint_name=checkpoint_name, map_location=map_location)
-    if Path(path).name == MANIFEST and Path(path).is_file():
+    if Path(path).name == ENSEMBLE_FILE and Path(path).is_file():
         return load_ensemble(Path(path).parent, checkpoint_name=checkpoint_name, map_location=map_location)
     checkpoint, run_dir = resolve_checkpoint(path, checkpoint_name)
     payload = load_checkpoint(checkpoint, map_location=map_location)
