@@ -142,6 +142,7 @@ def resume_training(run_dir: str | os.PathLike[str], **overrides: Any) -> Path:
     run = RunFolder(Path(run_dir))
     if not run.path.is_dir():
         raise DlmiError(f"{run.path}: no such run folder to resume")
+    run.check_resumable()
     config = TrainConfig.load(run.config)
     bad = sorted(k for k, v in overrides.items() if v is not None and k not in RESUMABLE_OVERRIDES)
     if bad:
