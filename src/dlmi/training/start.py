@@ -223,6 +223,17 @@ def _make_meta(config: TrainConfig, data: SplitData, run: RunFolder) -> dict[str
 
 
 def _create_model(meta: dict[str, Any]) -> nn.Module:
+    """The run's fresh model, its outputs checked by one forward at the configured size."""
+    from dlmi.plugins import get_plugins
+    from dlmi.training.preflight import check_model_outputs
+
+    model = _build_model(meta)
+    check_model_outputs(model, get_plugins().models.get(str(meta["model"])), meta["task"],
+                        len(meta["classes"]), int(meta["image_size"]))
+    return model
+
+
+def _build_model(meta: dict[str, Any]) -> nn.Module:
     try:
         return build_model(meta)
     except DlmiError:
