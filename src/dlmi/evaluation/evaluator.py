@@ -22,7 +22,7 @@ from dlmi.errors import DlmiError
 from dlmi.evaluation.figures import PanelRow, confusion_matrix_png, panels_png
 from dlmi.evaluation.predict import SidePredictions, predict_side, resolve_device
 from dlmi.evaluation.report import markdown_report
-from dlmi.metrics.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, scored_mean
+from dlmi.metrics.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, check_resamples, scored_mean
 from dlmi.metrics.classification import ClassificationScores
 from dlmi.metrics.postprocess import PostProcess, apply_candidates, candidate_postprocesses, select_best
 from dlmi.metrics.segmentation import SegmentationScores, iou
@@ -399,6 +399,7 @@ def evaluate_run(
         raise DlmiError(f"unknown checkpoint {checkpoint!r}; expected best or last")
     if batch_size < 1:
         raise DlmiError(f"batch size must be at least 1, got {batch_size}")
+    check_resamples(resamples)
     inputs = load_inputs(run_dir, aid=aid, split=split, data_dir=data_dir, checkpoint=checkpoint,
                          device=device)
     evaluator = Evaluator(inputs, batch_size=batch_size, workers=workers, device=device,

@@ -35,7 +35,7 @@ from PIL import Image
 from dlmi.datasets.loader import resize_mask
 from dlmi.errors import DlmiError
 from dlmi.imageio import is_image_file
-from dlmi.metrics.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
+from dlmi.metrics.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, check_resamples
 from dlmi.metrics.segmentation import SegmentationScores
 
 BINARISE_RULE = ("lesion where the value is above half the range (127 for 8-bit masks; a colour mask's "
@@ -178,6 +178,7 @@ def evaluate_masks(
 ) -> dict[str, Any]:
     """Score every predicted mask against its truth with the definitions of ``docs/metrics.md``; warnings
     (a folder that looks like images rather than masks) go to ``log`` and ``context.warnings``."""
+    check_resamples(resamples)
     pred_dir, truth_dir = Path(pred_dir), Path(truth_dir)
     pairs, unpaired = pair_masks(pred_dir, truth_dir, missing_as_empty=missing_as_empty)
     in_folders = all("/" in p.key for p in pairs)
