@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from dlmi.atomic import write_json_atomic, write_text_atomic
-from dlmi.datasets.base import DatasetSource, Sample, normal_index
+from dlmi.datasets.base import DatasetSource, Sample, load_sample, normal_index
 from dlmi.errors import DlmiError
 from dlmi.evaluation.figures import PanelRow, confusion_matrix_png, panels_png
 from dlmi.evaluation.predict import SidePredictions, predict_side, resolve_device
@@ -336,7 +336,7 @@ class Evaluator:
         from dlmi.datasets.loader import resize_image
 
         for i, (title, sample) in enumerate(picked):
-            image, _ = self.inputs.source.load(sample)
+            image, _ = load_sample(self.inputs.source, sample)
             truth = preds.true_masks[i]
             mask = preds.masks[i]
             predictions = [(f"prediction (IoU {iou(mask, truth)[0]:.2f})", mask)]

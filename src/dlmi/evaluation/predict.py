@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from dlmi.datasets.base import DatasetSource, Sample
+from dlmi.datasets.base import DatasetSource, Sample, load_sample
 from dlmi.datasets.loader import resize_image, resize_mask
 from dlmi.errors import DlmiError
 from dlmi.runtime.device import resolve_device as resolve_device  # re-exported: its old home
@@ -33,7 +33,7 @@ class EvalImages(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image, mask = self.source.load(self.samples[index])
+        image, mask = load_sample(self.source, self.samples[index])
         size = self.size
         mask = np.zeros((size, size), dtype=bool) if mask is None else resize_mask(mask, size)
         resized = resize_image(image, size).astype(np.float32) / 255.0

@@ -47,8 +47,8 @@ from dlmi.inference.outputs import (
     write_tables,
 )
 from dlmi.inference.predictor import Predictor
-from dlmi.inference.providers import clamp_threads
 from dlmi.inference.preprocess import as_float, model_input, resize_probabilities
+from dlmi.inference.providers import clamp_threads
 from dlmi.inference.tiling import segment_tiled
 
 PROGRESS_EVERY = 100
