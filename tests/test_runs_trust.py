@@ -233,7 +233,7 @@ def test_more_folds_than_images_is_refused(tmp_path):
     ("says-hello", r"model 'says-hello' \(from tests/test_runs_trust\.py\).*str"),
 ])
 def test_a_model_with_wrong_outputs_is_refused_at_build(model, expected, tmp_path):
-    """Defect 6 / 11: the model's outputs are checked with one forward at the configured size, before any file."""
+    """Defect 6 / 11: the outputs are checked by one forward at the configured size, before any file."""
     from dlmi.training.start import train
 
     with pytest.raises(DlmiError, match=expected) as caught:
@@ -246,8 +246,9 @@ def test_a_dataset_plugin_whose_load_raises_is_named(tmp_path):
     """Defect 11: the plugin, the sample and the cause, in one line."""
     from dlmi.training.start import train
 
-    with pytest.raises(DlmiError, match=r"dataset 'runs-broken-load' \(from tests/test_runs_trust\.py\) "
-                                        r"cannot load .*synthetic_00\d\d\.png.*ValueError: the scanner's") as caught:
+    expected = (r"dataset 'runs-broken-load' \(from tests/test_runs_trust\.py\) cannot load "
+                r".*synthetic_00\d\d\.png.*ValueError: the scanner's")
+    with pytest.raises(DlmiError, match=expected) as caught:
         train(classifier_config(tmp_path / "run", dataset=BrokenLoad.name))
     assert "\n" not in str(caught.value)
 
@@ -337,7 +338,8 @@ def test_resamples_below_one_is_refused(resamples, tmp_path, capsys):
     (lambda: dlmi.evaluate(123), r"evaluate: run must be a path.*got int 123"),
     (lambda: dlmi.train_classifier(dataset=TINY, out="x", image_size="64"),
      r"image_size must be an int.*got str '64'"),
-    (lambda: dlmi.train_classifier(dataset=TINY, out="x", epochs=1.5), r"epochs must be an int.*got float 1.5"),
+    (lambda: dlmi.train_classifier(dataset=TINY, out="x", epochs=1.5),
+     r"epochs must be an int.*got float 1.5"),
     (lambda: dlmi.train_joint(dataset=TINY, out="x", folds="2"), r"train_joint: folds must be an int"),
     (lambda: dlmi.evaluate("nowhere", resamples=0), r"--resamples 0: .*at least 1"),
     (lambda: TrainConfig(task="classification", dataset=TINY, out="x", lr="fast").resolved(),

@@ -70,9 +70,8 @@ def class_folders(data_dir: Path, dataset: str, classes: tuple[str, ...], layout
 def warn_unknown_class_folders(data_dir: Path, dataset: str, classes: tuple[str, ...]) -> list[str]:
     """Warn about sub-folders holding images that are not a class of ``dataset`` (a typo, an extra class):
     their images are left out. Returns their names."""
-    unknown = sorted((p.name for p in data_dir.iterdir()
-                      if p.is_dir() and not p.name.startswith(".") and p.name not in classes and image_files(p)),
-                     key=natural_key)
+    folders = [p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    unknown = sorted((p.name for p in folders if p.name not in classes and image_files(p)), key=natural_key)
     if unknown:
         names = ", ".join(f"{n}/" for n in unknown)
         warn(f"{data_dir}: left out {names}: not a class of dataset {dataset!r} "

@@ -26,8 +26,8 @@ def check_resamples(resamples: object) -> int:
     from dlmi.errors import DlmiError
 
     if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
-        raise DlmiError(f"--resamples {resamples!r}: the number of bootstrap resamples must be a whole number "
-                        f"of at least 1 (default {DEFAULT_RESAMPLES})")
+        raise DlmiError(f"--resamples {resamples!r}: the number of bootstrap resamples must be a whole "
+                        f"number of at least 1 (default {DEFAULT_RESAMPLES})")
     return resamples
 
 

@@ -10,9 +10,9 @@ the probability threshold, the smallest lesion (in pixels at the model's size) b
 called lesion-free, and the gate's rule (the arg-max class is normal, or the normal class's probability is at
 least a threshold), by the highest seed mIoU with the gate (all images; empty ∩ empty = 1).
 
-Each member is its run's ``last.pt`` (``MEMBER_CHECKPOINT``, recorded in ``ensemble.json``), for the out-of-fold
-scores and for the ensemble alike: its ``best.pt`` is chosen on its val part — the very fold that scores it out
-of fold — so out-of-fold numbers of ``best.pt`` members would be optimistic.
+Each member is its run's ``last.pt`` (``MEMBER_CHECKPOINT``, recorded in ``ensemble.json``), for the
+out-of-fold scores and for the ensemble alike: its ``best.pt`` is chosen on its val part — the very fold that
+scores it out of fold — so out-of-fold numbers of ``best.pt`` members would be optimistic.
 
 Resumable: a finished fold is kept, an interrupted one continues from its ``last.pt``, and ``ensemble.json``
 is written (atomically) only once every fold has finished. A fold started with other settings than the

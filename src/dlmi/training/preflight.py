@@ -112,8 +112,8 @@ def check_model_outputs(model: nn.Module, entry: Entry, task: str, num_classes: 
         expected = f"(mask logits {mask_shape}, class logits {class_shape})"
         got = list(outputs[:2]) if isinstance(outputs, tuple | list) and len(outputs) >= 2 else [outputs]
         wanted = [mask_shape, class_shape]
-    fits = len(got) == len(wanted) and all(
-        isinstance(out, torch.Tensor) and tuple(out.shape) == shape for out, shape in zip(got, wanted, strict=True))
+    fits = len(got) == len(wanted) and all(isinstance(out, torch.Tensor) and tuple(out.shape) == shape
+                                           for out, shape in zip(got, wanted, strict=True))
     if not fits:
         for_classes = "" if task == SEGMENTATION else f" for {num_classes} classes"
         raise DlmiError(f"{what} returns {_shape_of(outputs)} for a batch of shape {tuple(batch.shape)}; "

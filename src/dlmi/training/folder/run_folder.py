@@ -95,7 +95,8 @@ class RunFolder:
         if self.last.is_file():
             return
         rows = self.read_metrics()
-        held = [f"{len(rows)} logged epoch{'s' if len(rows) != 1 else ''} in {self.metrics.name}"] if rows else []
+        plural = "s" if len(rows) != 1 else ""
+        held = [f"{len(rows)} logged epoch{plural} in {self.metrics.name}"] if rows else []
         if self.best.exists():
             held.append(self.best.name)
         if held:
