@@ -351,3 +351,23 @@ def test_wrong_argument_types_are_one_dlmi_error(call, expected, tmp_path, monke
         call()
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "x").exists()
+
+
+def test_the_best_report_says_which_member_checkpoint_scored_out_of_fold(tmp_path):
+    """Section 2: the out-of-fold sentence of best-*.md names the members' checkpoint; an ensemble.json from
+    before the rule (best.pt members) is called optimistic."""
+    from dlmi.experiments.best import BRAIN_BEST, BUSI_BEST, _oof_line, _oof_scores
+
+    folders = {}
+    for name, manifest in ((BUSI_BEST, {"members": ["fold-0"], "member_checkpoint": "last.pt",
+                                        "postprocess": {"oof_accuracy": 0.78, "oof_best": {}}}),
+                           (BRAIN_BEST, {"members": ["fold-0"], "oof_accuracy": 0.9})):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        (folders[name] / "ensemble.json").write_text(json.dumps(manifest))
+    line = _oof_line(_oof_scores(folders))
+    assert "best.pt / last.pt" in line and "optimistic" in line
+    (folders[BRAIN_BEST] / "ensemble.json").write_text(json.dumps({"members": ["fold-0"],
+                                                                  "member_checkpoint": "last.pt"}))
+    line = _oof_line(_oof_scores(folders))
+    assert "each member's last.pt" in line and "optimistic" not in line
