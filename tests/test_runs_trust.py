@@ -200,6 +200,8 @@ def test_fold_resume_with_a_changed_setting_names_it(fold_run, tmp_path):
         train_folds(joint_config(copy, lr=0.01, seed=3), 2)
     assert str(copy / "fold-0") in str(caught.value)
     assert contents(copy) == before
+    train_folds(joint_config(copy), 2)  # the stored settings: every fold is kept, ensemble.json rewritten
+    assert contents(copy)["fold-0/last.pt"] == before["fold-0/last.pt"]
 
 
 def test_fold_without_last_pt_but_with_epochs_is_not_deleted(fold_run, tmp_path):
