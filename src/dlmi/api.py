@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dlmi.arguments import checked
 from dlmi.errors import DlmiError
 
 if TYPE_CHECKING:
@@ -144,6 +145,7 @@ def _resume(task: str, run_dir: Path, overrides: dict[str, Any]) -> Path:
 # (tests/test_train_options.py checks them against ``dlmi.training.config.task_settings``).
 
 
+@checked
 def train_classifier(
     *, dataset: str | DatasetSource | None = None, out: PathLike | None = None,
     data_dir: PathLike | None = None, model: str | None = None, model_options: dict[str, Any] | None = None,
@@ -165,6 +167,7 @@ def train_classifier(
     return _train(CLASSIFICATION, settings, resume=resume, folds=folds)
 
 
+@checked
 def train_segmenter(
     *, dataset: str | DatasetSource | None = None, out: PathLike | None = None,
     data_dir: PathLike | None = None, model: str | None = None, model_options: dict[str, Any] | None = None,
@@ -187,6 +190,7 @@ def train_segmenter(
     return _train(SEGMENTATION, settings, resume=resume, folds=None)
 
 
+@checked
 def train_joint(
     *, dataset: str | DatasetSource | None = None, out: PathLike | None = None,
     data_dir: PathLike | None = None, model: str | None = None, model_options: dict[str, Any] | None = None,
@@ -346,6 +350,7 @@ class EvaluationReport:
         return self._class("aid_classification", "accuracy")
 
 
+@checked
 def evaluate(
     run: PathLike, *, aid: PathLike | None = None, split: PathLike | None = None, side: str = "test",
     data_dir: PathLike | None = None, checkpoint: str = "best", batch_size: int = 16, workers: int = 0,
@@ -364,6 +369,7 @@ def evaluate(
 # --- export ----------------------------------------------------------------------------------------------
 
 
+@checked
 def export_onnx(
     *, classifier: PathLike | None = None, segmenter: PathLike | None = None, out: PathLike = "exported",
     fp16: bool = False, tolerance: float | None = None, fp16_tolerance: float | None = None,
@@ -493,6 +499,7 @@ def _looks_trained(path: Path) -> bool:
     return path.is_dir() and any((path / name).is_file() for name in ("best.pt", "last.pt", "ensemble.json"))
 
 
+@checked
 def load_predictor(
     models: PathLike | Sequence[PathLike] = "exported", *, aided: bool = False, backend: str | None = None,
     provider: str = "auto", threads: int | None = None, fp16: bool = False, threshold: float | None = None,

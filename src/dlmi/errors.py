@@ -29,3 +29,8 @@ def print_traceback(exc: BaseException) -> None:
         traceback.print_exception(exc, file=sys.stderr)
     finally:
         exc.__suppress_context__ = hidden
+
+
+def warn(message: str) -> None:
+    """A warning the user should see but that does not stop the command: one line on stderr."""
+    print(f"dlmi: warning: {message}", file=sys.stderr)

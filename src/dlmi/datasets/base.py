@@ -36,6 +36,25 @@ def normal_index(classes: Sequence[str], normal_class: str | None) -> int | None
     return list(classes).index(normal_class)
 
 
+def load_sample(source: DatasetSource, sample: Sample) -> tuple[np.ndarray, np.ndarray | None]:
+    """``source.load(sample)``; a plugin's failure becomes one line naming the dataset and where it comes
+    from, the sample's file and the cause (a :class:`DlmiError` of its own passes unchanged)."""
+    try:
+        return source.load(sample)
+    except DlmiError:
+        raise
+    except Exception as exc:
+        from dlmi.plugins import get_plugins
+
+        name = str(getattr(source, "name", type(source).__name__))
+        registry = get_plugins().datasets
+        origin = f" (from {registry.get(name).source})" if name in registry else ""
+        first = (str(exc).strip().splitlines() or [""])[0]
+        where = sample.image_path if sample.image_path is not None else sample.key
+        raise DlmiError(f"dataset {name!r}{origin} cannot load {where}: {type(exc).__name__}: {first}") \
+            from exc
+
+
 @runtime_checkable
 class DatasetSource(Protocol):
     """The protocol every dataset plugin follows.

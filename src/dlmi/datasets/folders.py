@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from dlmi.errors import DlmiError
+from dlmi.errors import DlmiError, warn
 from dlmi.imageio import IMAGE_SUFFIXES, is_image_file
 
 _DIGITS = re.compile(r"(\d+)")
@@ -63,4 +63,17 @@ def class_folders(data_dir: Path, dataset: str, classes: tuple[str, ...], layout
                 f"{folder}: no image files ({'/'.join(IMAGE_SUFFIXES)} or DICOM) in class folder {name!r}; "
                 f"{expects}"
             )
+    warn_unknown_class_folders(data_dir, dataset, classes)
     return present
+
+
+def warn_unknown_class_folders(data_dir: Path, dataset: str, classes: tuple[str, ...]) -> list[str]:
+    """Warn about sub-folders holding images that are not a class of ``dataset`` (a typo, an extra class):
+    their images are left out. Returns their names."""
+    folders = [p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    unknown = sorted((p.name for p in folders if p.name not in classes and image_files(p)), key=natural_key)
+    if unknown:
+        names = ", ".join(f"{n}/" for n in unknown)
+        warn(f"{data_dir}: left out {names}: not a class of dataset {dataset!r} "
+             f"({', '.join(classes)})")
+    return unknown

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from dlmi.datasets.base import DatasetSource, Sample
+from dlmi.datasets.base import DatasetSource, Sample, load_sample
 
 if TYPE_CHECKING:
     import torch
@@ -68,7 +68,7 @@ class ImageDataset:
         """uint8 image and bool mask at the model's size (an all-false mask when the source has none)."""
         if index in self._cached:
             return self._cached[index]
-        image, mask = self.source.load(self.samples[index])
+        image, mask = load_sample(self.source, self.samples[index])
         image = resize_image(image, self.image_size)
         if mask is None:
             mask = np.zeros((self.image_size, self.image_size), dtype=bool)

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dlmi.datasets.base import DatasetSource, Sample
+from dlmi.datasets.base import DatasetSource, Sample, load_sample
 from dlmi.errors import DlmiError
 from dlmi.imageio import image_size
 
@@ -100,7 +100,7 @@ def _measure_files(sample: Sample, summary: ClassSummary, problems: list[str]) -
 
 
 def _measure_generated(source: DatasetSource, sample: Sample, summary: ClassSummary) -> None:
-    image, mask = source.load(sample)
+    image, mask = load_sample(source, sample)
     summary.images += 1
     summary.add_size(image.shape[1], image.shape[0])
     if mask is not None:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from dlmi.atomic import write_text_atomic
-from dlmi.datasets.base import DatasetSource, Sample
+from dlmi.datasets.base import DatasetSource, Sample, load_sample
 from dlmi.errors import DlmiError
 from dlmi.imageio import write_png_atomic
 
@@ -38,7 +38,7 @@ def write_class_folders(
         raise DlmiError(f"{out_dir}: folder is not empty; choose a new folder or pass --overwrite")
     counts = {name: 0 for name in source.classes}
     for sample in samples:
-        image, mask = source.load(sample)
+        image, mask = load_sample(source, sample)
         image_path = (out_dir / sample.key).with_suffix(".png")
         write_png_atomic(image, image_path)
         if source.has_masks:

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 
 from dlmi.atomic import write_json_atomic, write_text_atomic
-from dlmi.datasets.base import DatasetSource, Sample, normal_index
+from dlmi.datasets.base import DatasetSource, Sample, load_sample, normal_index
 from dlmi.errors import DlmiError
 from dlmi.evaluation.figures import PanelRow, confusion_matrix_png, panels_png
 from dlmi.evaluation.predict import SidePredictions, predict_side
 from dlmi.evaluation.report import markdown_report
-from dlmi.metrics.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, scored_mean
+from dlmi.metrics.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, check_resamples, scored_mean
 from dlmi.metrics.classification import ClassificationScores
 from dlmi.metrics.postprocess import PostProcess, apply_candidates, candidate_postprocesses, select_best
 from dlmi.metrics.segmentation import SegmentationScores, iou
@@ -337,7 +337,7 @@ class Evaluator:
         from dlmi.datasets.loader import resize_image
 
         for i, (title, sample) in enumerate(picked):
-            image, _ = self.inputs.source.load(sample)
+            image, _ = load_sample(self.inputs.source, sample)
             truth = preds.true_masks[i]
             mask = preds.masks[i]
             predictions = [(f"prediction (IoU {iou(mask, truth)[0]:.2f})", mask)]
@@ -400,6 +400,7 @@ def evaluate_run(
         raise DlmiError(f"unknown checkpoint {checkpoint!r}; expected best or last")
     if batch_size < 1:
         raise DlmiError(f"batch size must be at least 1, got {batch_size}")
+    check_resamples(resamples)
     inputs = load_inputs(run_dir, aid=aid, split=split, data_dir=data_dir, checkpoint=checkpoint,
                          device=device)
     evaluator = Evaluator(inputs, batch_size=batch_size, workers=workers, device=device,

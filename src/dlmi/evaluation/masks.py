@@ -34,7 +34,7 @@ import numpy as np
 from dlmi.datasets.loader import resize_mask
 from dlmi.errors import DlmiError
 from dlmi.imageio import MASK_RULE, binarise_values, is_image_file, read_mask_values
-from dlmi.metrics.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
+from dlmi.metrics.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, check_resamples
 from dlmi.metrics.segmentation import SegmentationScores
 
 BINARISE_RULE = MASK_RULE
@@ -146,6 +146,7 @@ def evaluate_masks(
 ) -> dict[str, Any]:
     """Score every predicted mask against its truth with the definitions of ``docs/metrics.md``; warnings
     (a folder that looks like images rather than masks) go to ``log`` and ``context.warnings``."""
+    check_resamples(resamples)
     pred_dir, truth_dir = Path(pred_dir), Path(truth_dir)
     pairs, unpaired = pair_masks(pred_dir, truth_dir, missing_as_empty=missing_as_empty)
     in_folders = all("/" in p.key for p in pairs)

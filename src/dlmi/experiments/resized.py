@@ -23,6 +23,7 @@ MARKER = "dlmi-resized-copy.json"
 
 def resized_copy(dataset: str, data_dir: Path, size: int, cache_dir: Path) -> Path:
     """The folder of ``dataset``'s copy at ``size`` px (made when missing or stale); same layout and keys."""
+    from dlmi.datasets.base import load_sample
     from dlmi.datasets.loader import resize_image, resize_mask
     from dlmi.plugins import get_dataset
 
@@ -38,7 +39,7 @@ def resized_copy(dataset: str, data_dir: Path, size: int, cache_dir: Path) -> Pa
     if target.exists():
         shutil.rmtree(target)
     for sample in samples:
-        image, mask = source.load(sample)
+        image, mask = load_sample(source, sample)
         path = target / sample.key
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(resize_image(image, size)).save(path)

@@ -165,6 +165,7 @@ def run_side_images(run_dir: str | os.PathLike[str], side: str, limit: int,
                     data_dir: str | os.PathLike[str] | None = None) -> ImageSet:
     """Up to ``limit`` images of one side (train, val, test) of a training run's split — of its own fold
     when it trained on one. For a fold ensemble: the sides of its first member (``fold-0``)."""
+    from dlmi.datasets.base import load_sample
     from dlmi.plugins import get_dataset
     from dlmi.runtime.ensemble import is_ensemble, read_manifest
     from dlmi.splits import load_split, split_samples
@@ -189,7 +190,7 @@ def run_side_images(run_dir: str | os.PathLike[str], side: str, limit: int,
         raise DlmiError(f"{split_path}: the {side} side is empty; give --calibration-dir and --check-dir")
     chosen = [samples[i] for i in _spread(len(samples), limit)]
     return ImageSet(f"{len(chosen)} of the {len(samples)} {side}-side images of {run_dir} "
-                    f"({config['dataset']})", [source.load(s)[0] for s in chosen])
+                    f"({config['dataset']})", [load_sample(source, s)[0] for s in chosen])
 
 
 # --- quantizing and checking ----------------------------------------------------------------------------

@@ -58,6 +58,7 @@ from dlmi.inference.outputs import (
 )
 from dlmi.inference.predictor import Predictor
 from dlmi.inference.preprocess import as_float, model_input, resize_probabilities
+from dlmi.inference.providers import clamp_threads
 from dlmi.inference.tiling import segment_tiled
 
 PROGRESS_EVERY = 100
@@ -81,12 +82,13 @@ class PredictSettings:
 
     def workers(self) -> int:
         """Reader threads: ``threads``, or min(4, CPU cores)."""
-        return max(1, int(self.threads)) if self.threads else max(1, min(4, os.cpu_count() or 1))
+        threads = clamp_threads(self.threads, quiet=True)
+        return threads if threads else max(1, min(4, os.cpu_count() or 1))
 
     def writers(self) -> int:
         """Writer threads: ``threads``, or 4 — writing mostly waits on the disk (each file is fsynced), so
         more writers than cores keep it busy."""
-        return max(1, int(self.threads)) if self.threads else 4
+        return clamp_threads(self.threads, quiet=True) or 4
 
 
 @dataclass

@@ -20,7 +20,7 @@ import numpy as np
 from dlmi.datasets.base import normal_index
 from dlmi.digest import file_digest
 from dlmi.errors import DlmiError
-from dlmi.inference.providers import open_session, torch_device
+from dlmi.inference.providers import clamp_threads, open_session, torch_device
 from dlmi.runtime.gating import Gate
 
 BACKENDS = ("onnx", "torch")
@@ -332,6 +332,7 @@ def open_predictor(
     ``export.json`` names its checkpoints (``torch``)."""
     if fp16 and int8:
         raise DlmiError("--fp16 and --int8 choose different files: give one of them")
+    threads = clamp_threads(threads)
     if backend not in BACKENDS:
         raise DlmiError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
     models = list(models) or ["exported"]

@@ -19,7 +19,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dlmi.errors import DlmiError
+from dlmi.errors import DlmiError, warn
 
 if TYPE_CHECKING:
     import torch
@@ -71,6 +71,29 @@ def torch_device(choice: str) -> torch.device:
     from dlmi.runtime.device import resolve_device
 
     return resolve_device(_check_choice(choice), option="--provider")
+
+
+def machine_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the OS tells it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def clamp_threads(threads: int | None, *, quiet: bool = False) -> int | None:
+    """``--threads`` within the machine: more threads than CPUs only contend (thousands hang the process),
+    so a larger number is cut to the CPU count, with a warning unless ``quiet``. ``None``/0: the default."""
+    if not threads:
+        return None
+    if threads < 0:
+        raise DlmiError(f"--threads {threads}: must be 0 (the default) or more")
+    cpus = machine_cpus()
+    if threads > cpus:
+        if not quiet:
+            warn(f"--threads {threads}: this machine has {cpus} CPUs; using {cpus}")
+        return cpus
+    return int(threads)
 
 
 def session_options(threads: int | None = None, *, spin: bool = False):  # -> onnxruntime.SessionOptions

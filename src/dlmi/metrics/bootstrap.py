@@ -19,6 +19,18 @@ DEFAULT_RESAMPLES = 2000
 DEFAULT_CONFIDENCE = 0.95
 DEFAULT_SEED = 0
 
+
+
+def check_resamples(resamples: object) -> int:
+    """``--resamples`` as given by a user: a whole number of at least 1 (0 or less would give no interval)."""
+    from dlmi.errors import DlmiError
+
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
+        raise DlmiError(f"--resamples {resamples!r}: the number of bootstrap resamples must be a whole "
+                        f"number of at least 1 (default {DEFAULT_RESAMPLES})")
+    return resamples
+
+
 # Resampled index matrices are built in chunks of at most this many entries (bounded memory for big n).
 _CHUNK_ENTRIES = 4_000_000
 

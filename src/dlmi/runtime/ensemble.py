@@ -106,11 +106,15 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 
 def load_ensemble(folder: str | os.PathLike[str], *, checkpoint_name: str = "best.pt",
                   map_location: str | torch.device = "cpu") -> TrainedEnsemble:
-    """The members named by ``folder/ensemble.json`` as one :class:`TrainedEnsemble` in eval mode."""
+    """The members named by ``folder/ensemble.json`` as one :class:`TrainedEnsemble` in eval mode.
+
+    Each member is the checkpoint its ``member_checkpoint`` names (``last.pt`` for dlmi's fold ensembles);
+    ``checkpoint_name`` only for a manifest without one (written before dlmi recorded it: ``best.pt``)."""
     from dlmi.runtime.trained import load_trained
 
     folder = Path(folder)
     manifest = read_manifest(folder)
+    checkpoint_name = str(manifest.get("member_checkpoint") or checkpoint_name)
     members = [load_trained(folder / str(m), checkpoint_name=checkpoint_name, map_location=map_location)
                for m in manifest["members"]]
     first = members[0]
@@ -131,6 +135,7 @@ def load_ensemble(folder: str | os.PathLike[str], *, checkpoint_name: str = "bes
         threshold=float(manifest.get("threshold", first.threshold)),
         run_dir=str(folder),
     )
+    meta["member_checkpoint"] = checkpoint_name
     for key in ("min_lesion_pixels", "normal_threshold", "postprocess"):
         if key in manifest:
             meta[key] = manifest[key]

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from dlmi.datasets.base import DatasetSource, FileDataset, Sample
+from dlmi.datasets.base import DatasetSource, FileDataset, Sample, load_sample
 from dlmi.digest import file_digest
 from dlmi.errors import DlmiError
 from dlmi.imageio import image_size, read_mask
@@ -148,7 +148,7 @@ def _hash_one(
         entry = cache.get(f"{source.name}-{digest}")
         if entry is not None:
             return digest, entry, True
-    image, _ = source.load(sample)
+    image, _ = load_sample(source, sample)
     pixels = pixel_digest(image)
     cache_key = f"{source.name}-{digest}" if digest is not None else f"pixels-{pixels}"
     if digest is None:
@@ -242,7 +242,7 @@ def _load_mask(source: DatasetSource, sample: Sample) -> np.ndarray:
             return read_mask(sample.mask_paths)
         width, height = image_size(sample.image_path)
         return np.zeros((height, width), dtype=bool)
-    _, mask = source.load(sample)
+    _, mask = load_sample(source, sample)
     return mask if mask is not None else np.zeros((1, 1), dtype=bool)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from dlmi.atomic import write_atomic
-from dlmi.datasets.base import DatasetSource, Sample
+from dlmi.datasets.base import DatasetSource, Sample, load_sample
 from dlmi.splits.audit import AuditResult
 
 _PER_ROW = 8
@@ -100,7 +100,7 @@ def write_contact_sheet(
             row, column = divmod(n, _PER_ROW)
             x = _GAP + column * cell_w
             y = top + _HEADER + row * cell_h
-            image, mask = source.load(samples[key])
+            image, mask = load_sample(source, samples[key])
             sheet.paste(_thumbnail(image, mask, thumb), (x, y))
             name = key if len(key) <= 24 else "…" + key[-23:]
             draw.text((x, y + thumb + 1), name, fill="black", font=small)

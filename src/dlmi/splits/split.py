@@ -189,6 +189,15 @@ def _check_fractions(val: float, test: float, folds: int | None) -> None:
         raise DlmiError(f"--folds {folds}: k-fold needs at least 2 folds")
 
 
+def check_fold_count(folds: int, images: int, units: int) -> None:
+    """Every fold needs at least one val image: at most one fold per unit (an image, or a near-duplicate
+    group that moves as one)."""
+    if folds > units:
+        grouped = f" in {units} units (near-duplicate groups move together)" if units != images else ""
+        raise DlmiError(f"--folds {folds}: only {images} development images{grouped} to deal into folds; "
+                        f"choose at most {units} folds")
+
+
 def split_from_audit(
     audit: AuditResult,
     samples: Sequence[Sample],
@@ -223,6 +232,7 @@ def split_from_audit(
         development, test_keys = _deal(units, [1.0 - test, test], rng)
         development_set = set(development)
         development_units = [u for u in units if u[1][0] in development_set]
+        check_fold_count(folds, len(development), len(development_units))
         parts = _deal(development_units, [1.0 / folds] * folds, rng)
         fold_list = [
             {"train": ordered([k for n, p in enumerate(parts) if n != k_fold for k in p] + contested),
@@ -273,6 +283,7 @@ def with_folds(split: Split, samples: Sequence[Sample], folds: int, *, seed: int
             units.append((label_of[keys[0]], keys))
     units += [(label_of[k], [k]) for k in development if k not in in_group and k not in contested]
     units.sort(key=lambda unit: order[unit[1][0]])
+    check_fold_count(folds, len(development), len(units))
     parts = _deal(units, [1.0 / folds] * folds, random.Random(seed))
 
     def ordered(keys: Sequence[str]) -> list[str]:

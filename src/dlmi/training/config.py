@@ -204,6 +204,11 @@ class TrainConfig:
         return config
 
     def validate(self) -> None:
+        """Every setting's type (its hint, :mod:`dlmi.arguments`), then its value; one line for the first
+        that is wrong."""
+        from dlmi.arguments import check_fields
+
+        check_fields(self, "training settings")
         checks = [
             (self.image_size >= 8, f"image_size must be at least 8, got {self.image_size}"),
             (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),

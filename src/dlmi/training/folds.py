@@ -10,8 +10,13 @@ the probability threshold, the smallest lesion (in pixels at the model's size) b
 called lesion-free, and the gate's rule (the arg-max class is normal, or the normal class's probability is at
 least a threshold), by the highest seed mIoU with the gate (all images; empty ∩ empty = 1).
 
+Each member is its run's ``last.pt`` (``MEMBER_CHECKPOINT``, recorded in ``ensemble.json``), for the
+out-of-fold scores and for the ensemble alike: its ``best.pt`` is chosen on its val part — the very fold that
+scores it out of fold — so out-of-fold numbers of ``best.pt`` members would be optimistic.
+
 Resumable: a finished fold is kept, an interrupted one continues from its ``last.pt``, and ``ensemble.json``
-is written (atomically) only once every fold has finished.
+is written (atomically) only once every fold has finished. A fold started with other settings than the
+command's (beyond those a resume may change) is refused, naming them.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +39,8 @@ from dlmi.training.config import CLASSIFICATION, JOINT, TrainConfig
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 NORMAL_THRESHOLDS = (None, 0.3, 0.4, 0.5, 0.6, 0.7)  # None: the arg-max class is normal
 MIN_LESION_FRACTIONS = (0.0, 0.0005, 0.001, 0.002, 0.004)  # of the image's pixels (8, 16, 33, 66 at 128²)
+# The checkpoint of each fold's run that joins the ensemble: the last epoch's, not one chosen on the fold.
+MEMBER_CHECKPOINT = "last.pt"
 
 
 def fold_dir(out: Path, fold: int) -> Path:
@@ -54,7 +62,8 @@ def train_folds(config: TrainConfig, folds: int, *, flip_tta: bool = True) -> Pa
     from dlmi.splits import load_split, save_split
     from dlmi.splits.split import with_folds
     from dlmi.training.data.split_data import load_dataset_samples, make_default_split, read_split
-    from dlmi.training.start import resume_training, train
+    from dlmi.training.folder.run_folder import RunFolder
+    from dlmi.training.start import RESUMABLE_OVERRIDES, resume_training, train
 
     if config.task not in (JOINT, CLASSIFICATION):
         raise DlmiError(
@@ -78,22 +87,28 @@ def train_folds(config: TrainConfig, folds: int, *, flip_tta: bool = True) -> Pa
                                                                                seed=config.seed)
         out.mkdir(parents=True, exist_ok=True)
         save_split(split, split_path)
+    runs = [fold_dir(out, fold) for fold in range(folds)]
+    configs = [dataclasses.replace(config, out=str(run), split=str(split_path), fold=fold)
+               for fold, run in enumerate(runs)]
+    for run, member in zip(runs, configs, strict=True):  # every fold checked before any trains
+        if run.exists():
+            check_same_member(run, member)
+            RunFolder(run).check_resumable()
     members = []
-    for fold in range(folds):
-        run = fold_dir(out, fold)
-        member = dataclasses.replace(config, out=str(run), split=str(split_path), fold=fold)
+    for run, member in zip(runs, configs, strict=True):
         if _finished(run, config.epochs):
             pass
         elif (run / "last.pt").is_file():
-            resume_training(run)
+            resume_training(run, **{k: getattr(member, k) for k in RESUMABLE_OVERRIDES})
         else:
             if run.exists():
                 import shutil
 
-                shutil.rmtree(run)  # a fold that never finished an epoch: start it again
+                shutil.rmtree(run)  # a fold that never finished an epoch (checked above): start it again
             train(member)
         members.append(run.name)
-    manifest: dict[str, Any] = {"kind": "dlmi ensemble", "members": members, "flip_tta": flip_tta}
+    manifest: dict[str, Any] = {"kind": "dlmi ensemble", "members": members, "flip_tta": flip_tta,
+                                "member_checkpoint": MEMBER_CHECKPOINT}
     if config.task == CLASSIFICATION:
         oof = out_of_fold(out, members, flip_tta=flip_tta, device=config.device)
         manifest["oof_accuracy"] = oof_accuracy(oof)
@@ -106,9 +121,33 @@ def train_folds(config: TrainConfig, folds: int, *, flip_tta: bool = True) -> Pa
     return out
 
 
+def check_same_member(run: Path, member: TrainConfig) -> None:
+    """A fold already started continues only with the settings it was started with (those a resume may
+    change aside); otherwise the command would silently get the old ones."""
+    from dlmi.training.start import RESUMABLE_OVERRIDES
+
+    stored_path = run / "config.json"
+    if not stored_path.is_file():
+        return
+    stored, given = TrainConfig.load(stored_path).to_dict(), member.to_dict()
+    ignored = (*RESUMABLE_OVERRIDES, "out", "split")  # out and split: this fold's, by construction
+
+    def same(key: str) -> bool:
+        a, b = stored.get(key), given.get(key)
+        if key in ("data_dir", "aid") and a is not None and b is not None:
+            return os.path.abspath(a) == os.path.abspath(b)
+        return bool(a == b)
+
+    differing = [k for k in given if k not in ignored and not same(k)]
+    if differing:
+        named = ", ".join(f"{k} ({stored.get(k)!r} stored, {given[k]!r} given)" for k in differing)
+        raise DlmiError(f"{run}: this fold was started with other settings: {named}; run the command with "
+                        "the stored settings to continue, or use a new --out")
+
+
 def out_of_fold(out: Path, members: list[str], *, flip_tta: bool, device: str = "cpu") -> dict[str, Any]:
-    """Every development image predicted by the member that did not train on it: class probs, and for joint
-    members mask probs and true masks (``None`` for classifiers)."""
+    """Every development image predicted by the member that did not train on it (its ``last.pt``): class
+    probs, and for joint members mask probs and true masks (``None`` for classifiers)."""
     from dlmi.evaluation.predict import EvalImages
     from dlmi.runtime.ensemble import ClassifierEnsemble, JointEnsemble
     from dlmi.runtime.trained import load_trained
@@ -121,7 +160,7 @@ def out_of_fold(out: Path, members: list[str], *, flip_tta: bool, device: str = 
 
     torch_device = resolve_device(device)
     for fold, name in enumerate(members):
-        member = load_trained(out / name, map_location=torch_device)
+        member = load_trained(out / name, checkpoint_name=MEMBER_CHECKPOINT, map_location=torch_device)
         config = TrainConfig.load(out / name / "config.json")
         source, samples = load_dataset_samples(config)
         val = list(split_samples(split, samples, "val", fold=fold))
@@ -198,7 +237,8 @@ def choose_postprocess(out: Path, members: list[str], *, flip_tta: bool,
     # size rule).
     best = max(table, key=lambda r: (round(r["miou_seed_aided"], 6), r["normal_threshold"] is None,
                                      -abs(r["threshold"] - 0.5), -r["min_lesion_pixels"]))
-    return {"selected_on": f"out-of-fold predictions of the {len(members)} members ({len(probs)} images)",
+    return {"selected_on": f"out-of-fold predictions of the {len(members)} members' {MEMBER_CHECKPOINT} "
+                           f"({len(probs)} images)",
             "criterion": "seed mIoU with the gate (all images; empty truth and empty prediction = 1)",
             "threshold": best["threshold"], "min_lesion_pixels": best["min_lesion_pixels"],
             "normal_threshold": best["normal_threshold"],

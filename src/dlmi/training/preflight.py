@@ -73,6 +73,53 @@ def check_loss_output(loss: nn.Module, entry: Entry, task: str, num_classes: int
                         "operations (no .item(), numpy or .detach())")
 
 
+def _shape_of(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return str(tuple(value.shape))
+    if isinstance(value, tuple | list):
+        return "(" + ", ".join(_shape_of(v) for v in value) + ")"
+    return f"a {type(value).__name__}"
+
+
+def check_model_outputs(model: nn.Module, entry: Entry, task: str, num_classes: int, image_size: int) -> None:
+    """One forward of a zero batch at the configured size (eval mode, no gradient): the outputs must have the
+    shapes training, evaluation and export rely on — class logits (2, K), mask logits (2, 1, S, S), and for
+    a joint model both, in that order (``docs/plugins.md``)."""
+    batch = torch.zeros(TRIAL_BATCH, 1, image_size, image_size)
+    mask_shape = (TRIAL_BATCH, 1, image_size, image_size)
+    class_shape = (TRIAL_BATCH, num_classes)
+    what = _described(entry, "model")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            outputs = model(batch)
+    except DlmiError:
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise DlmiError(f"{what} fails on a batch of shape {tuple(batch.shape)}: "
+                        f"{type(exc).__name__}: {first}") from exc
+    finally:
+        model.train(was_training)
+    if task == CLASSIFICATION:
+        expected, got = f"class logits {class_shape}", [outputs]
+        wanted = [class_shape]
+    elif task == SEGMENTATION:
+        expected, got = f"mask logits {mask_shape}", [outputs]
+        wanted = [mask_shape]
+    else:
+        expected = f"(mask logits {mask_shape}, class logits {class_shape})"
+        got = list(outputs[:2]) if isinstance(outputs, tuple | list) and len(outputs) >= 2 else [outputs]
+        wanted = [mask_shape, class_shape]
+    fits = len(got) == len(wanted) and all(isinstance(out, torch.Tensor) and tuple(out.shape) == shape
+                                           for out, shape in zip(got, wanted, strict=True))
+    if not fits:
+        for_classes = "" if task == SEGMENTATION else f" for {num_classes} classes"
+        raise DlmiError(f"{what} returns {_shape_of(outputs)} for a batch of shape {tuple(batch.shape)}; "
+                        f"a {task} model{for_classes} must return {expected}")
+
+
 def check_components(config: TrainConfig, num_classes: int, build_loss: Any) -> None:
     """The model and loss names exist and suit the task; the loss, built by ``build_loss()``, gives a number.
 

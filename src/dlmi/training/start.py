@@ -142,6 +142,7 @@ def resume_training(run_dir: str | os.PathLike[str], **overrides: Any) -> Path:
     run = RunFolder(Path(run_dir))
     if not run.path.is_dir():
         raise DlmiError(f"{run.path}: no such run folder to resume")
+    run.check_resumable()
     config = TrainConfig.load(run.config)
     bad = sorted(k for k, v in overrides.items() if v is not None and k not in RESUMABLE_OVERRIDES)
     if bad:
@@ -222,6 +223,17 @@ def _make_meta(config: TrainConfig, data: SplitData, run: RunFolder) -> dict[str
 
 
 def _create_model(meta: dict[str, Any]) -> nn.Module:
+    """The run's fresh model, its outputs checked by one forward at the configured size."""
+    from dlmi.plugins import get_plugins
+    from dlmi.training.preflight import check_model_outputs
+
+    model = _build_model(meta)
+    check_model_outputs(model, get_plugins().models.get(str(meta["model"])), meta["task"],
+                        len(meta["classes"]), int(meta["image_size"]))
+    return model
+
+
+def _build_model(meta: dict[str, Any]) -> nn.Module:
     try:
         return build_model(meta)
     except DlmiError:

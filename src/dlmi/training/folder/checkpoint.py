@@ -37,8 +37,9 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         raise DlmiError(
             f"{path}: refused — the checkpoint carries a pickle payload that is not plain weights ({first})"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise DlmiError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # torch's unpickler fails on junk bytes with any error (IndexError, KeyError, …)
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise DlmiError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {first})") from None
     if not isinstance(payload, dict) or "model" not in payload:
         raise DlmiError(f"{path}: not a dlmi checkpoint (no 'model' state dict)")
     return payload

@@ -88,6 +88,23 @@ class RunFolder:
                 "would append to; choose another --out"
             )
 
+    def check_resumable(self) -> None:
+        """Resuming continues from ``last.pt``. Without it, only a run that has trained nothing yet (no logged
+        epoch, no ``best.pt``) starts again from the beginning; anything else would overwrite what is there,
+        so it is refused and the folder left as it is."""
+        if self.last.is_file():
+            return
+        rows = self.read_metrics()
+        plural = "s" if len(rows) != 1 else ""
+        held = [f"{len(rows)} logged epoch{plural} in {self.metrics.name}"] if rows else []
+        if self.best.exists():
+            held.append(self.best.name)
+        if held:
+            raise DlmiError(
+                f"{self.path}: has no {self.last.name} to resume from but holds {' and '.join(held)}, which "
+                f"resuming would overwrite; restore {self.last.name}, or train again with another --out"
+            )
+
     def create(self) -> None:
         """Make a fresh run folder (after :meth:`check_new`)."""
         self.check_new()
