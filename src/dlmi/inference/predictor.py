@@ -208,6 +208,7 @@ class TorchPredictor(Predictor):
         import torch
 
         from dlmi.runtime.graphs import ClassifierGraph, SegmenterGraph
+        from dlmi.runtime.pairing import check_pair
         from dlmi.runtime.trained import load_trained
         from dlmi.runtime.two_stage import TwoStage
 
@@ -222,6 +223,9 @@ class TorchPredictor(Predictor):
                                 f"and one segmenter (the first is {by_task[trained.task].checkpoint})")
             by_task[trained.task] = trained
         cls, seg = by_task.get("classification"), by_task.get("segmentation")
+        if cls is not None and seg is not None:
+            check_pair(cls.meta, seg.meta, classifier_name=str(cls.checkpoint),
+                       segmenter_name=str(seg.checkpoint))
         self.checkpoints = {t.task: t.checkpoint for t in by_task.values()}
         self.info = ModelInfo(
             classes=cls.classes if cls else [],
