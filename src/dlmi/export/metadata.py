@@ -191,12 +191,13 @@ def check_metadata(props: dict[str, str], kind: str, where: str | os.PathLike[st
 
 
 def read_checked_metadata(path: str | os.PathLike[str], kind: str) -> CheckedMetadata:
-    """Read and validate an exported file's metadata; a file onnx cannot parse is one line too."""
+    """Read and validate an exported file's metadata, and check its bytes against the sha256 its folder's
+    ``export.json`` records; a file onnx cannot parse is one line too."""
     path = Path(path)
-    verify_file(path)
     try:
         model = onnx.load(path, load_external_data=False)
     except Exception as exc:  # truncated or not ONNX at all: protobuf's DecodeError, and others
+        verify_file(path)  # a file cut short since the export is said as such
         reason = " ".join(str(exc).split())[:120] or type(exc).__name__
         raise DlmiError(f"{path}: not a readable ONNX model ({reason})") from None
     checked = check_metadata({p.key: p.value for p in model.metadata_props}, kind, path)
@@ -212,6 +213,7 @@ def read_checked_metadata(path: str | os.PathLike[str], kind: str) -> CheckedMet
         if width is not None and width != len(checked.classes):
             raise DlmiError(f"{path}: metadata key 'classes' lists {len(checked.classes)} classes but the "
                             f"classifier outputs {width}")
+    verify_file(path)  # last: a file whose metadata is wrong is named for that first
     return checked
 
 
