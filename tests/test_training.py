@@ -264,7 +264,7 @@ def test_aid_needs_the_same_split(classifier_run: Path, tmp_path: Path) -> None:
 
 
 def test_aid_on_another_dataset_is_refused(classifier_run: Path, tmp_path: Path) -> None:
-    with pytest.raises(DlmiError, match="trained on dataset 'tiny-lesions'"):
+    with pytest.raises(DlmiError, match="datasets 'tiny-lesions' vs 'synthetic'"):
         train_segmenter(segmenter_config(tmp_path / "bad", dataset="synthetic", epochs=1,
                                          aid=str(classifier_run)))
 

@@ -201,7 +201,9 @@ def load_plugins(
             seen.add(key)
             try:
                 module = ep.load()
-            except Exception as exc:  # a broken plugin must not take the CLI down
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # a broken plugin (even one calling sys.exit) must not stop dlmi
                 if is_builtin:
                     raise
                 _warn(plugins, f"plugin {ep.name!r} from {dist} failed to load: {_one_line(exc)}", exc)
@@ -245,7 +247,8 @@ def _call_hook(plugins: Plugins, impl: Any, argument: Any, source: str, hook_nam
                *reraised: type[BaseException]) -> bool:
     """Call one hook implementation with ``argument`` for each of its parameters. A built-in's failure and
     any of ``reraised`` propagate; a third party's ``DlmiError`` is re-raised naming the plugin; any other
-    error of a third party is warned about ("… ``left_out``") and ``False`` returned."""
+    other error of a third party (any ``BaseException`` but ``KeyboardInterrupt``, so ``sys.exit`` too) is
+    warned about ("… ``left_out``") and ``False`` returned."""
     try:
         impl.function(**{arg: argument for arg in impl.argnames})
     except reraised:
@@ -254,7 +257,9 @@ def _call_hook(plugins: Plugins, impl: Any, argument: Any, source: str, hook_nam
         if source == BUILTIN_SOURCE:
             raise
         raise _named(exc, source, hook_name) from exc
-    except Exception as exc:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # SystemExit too: a plugin never ends dlmi while it loads
         if source == BUILTIN_SOURCE:
             raise
         _warn(plugins, f"plugin from {source} failed in {hook_name}: {_one_line(exc)}; {left_out}", exc)
@@ -268,12 +273,57 @@ def _named(exc: DlmiError, source: str, hook_name: str) -> DlmiError:
                      f"(set {DISABLE_ENV}=1 to run without plugins)")
 
 
+def _command_names(info: Any) -> set[str]:
+    """The top-level command names a Typer ``CommandInfo`` or ``TyperInfo`` (``add_typer``) adds, as Typer
+    names them: a group without a name adds its own commands."""
+    from typer.main import get_command_name, solve_typer_info_defaults
+    from typer.models import CommandInfo
+
+    if isinstance(info, CommandInfo):
+        return {info.name or get_command_name(info.callback.__name__)}
+    name = solve_typer_info_defaults(info).name
+    if name:
+        return {name}
+    inner = info.typer_instance
+    return set().union(*(_command_names(i) for i in [*inner.registered_commands, *inner.registered_groups]))
+
+
 def register_commands(app: Any, plugins: Plugins | None = None) -> None:
-    """Let every plugin add its sub-commands to ``app``; a plugin whose hook fails is left out, warned."""
+    """Let every plugin add its sub-commands to ``app``; a plugin whose hook fails is left out, warned.
+
+    Names already taken (the built-in commands, then earlier plugins') keep their command: a plugin's
+    command of the same name is left out with a warning naming the plugin.
+    """
+    import typer
+
     plugins = plugins or get_plugins()
+    lists = (app.registered_commands, app.registered_groups) if isinstance(app, typer.Typer) else ()
+    owners = {name: "dlmi" for items in lists for info in items for name in _command_names(info)}
     for impl in getattr(plugins.manager.hook, COMMANDS_HOOK).get_hookimpls():
         source = plugins.source_of(impl.plugin)
-        _call_hook(plugins, impl, app, source, COMMANDS_HOOK, "its commands are left out")
+        before = [len(items) for items in lists]
+        ok = _call_hook(plugins, impl, app, source, COMMANDS_HOOK, "its commands are left out")
+        for items, count in zip(lists, before, strict=True):
+            added = items[count:]
+            del items[count:]
+            items.extend(info for info in added if ok and _keep_command(plugins, info, source, owners))
+
+
+def _keep_command(plugins: Plugins, info: Any, source: str, owners: dict[str, str]) -> bool:
+    """Whether a plugin's new command keeps its place: its names must be free; they are then its."""
+    try:
+        names = _command_names(info)
+    except Exception as exc:  # not something Typer can turn into a command
+        _warn(plugins, f"plugin from {source}: a command it added is left out: {_one_line(exc)}", exc)
+        return False
+    for name in sorted(names):
+        if name in owners:
+            owner = "a built-in command" if owners[name] == "dlmi" else f"a command from {owners[name]}"
+            _warn(plugins, f"plugin from {source}: its command {name!r} has the name of {owner}, which "
+                           "keeps it; the plugin's is left out (rename it)")
+            return False
+    owners.update(dict.fromkeys(names, source))
+    return True
 
 
 _current: Plugins | None = None

@@ -57,6 +57,8 @@ def onnx_command(
     report = export_onnx(classifier=classifier, segmenter=segmenter, out=out, fp16=fp16, tolerance=tolerance,
                          fp16_tolerance=fp16_tolerance)
     typer.echo(report.summary())
+    for warning in report.warnings:
+        typer.echo(f"dlmi: warning: {warning}", err=True)
     if int8:
         from dlmi.export.quantize import quantize_export
 

@@ -155,9 +155,11 @@ def load_inputs(
         if aid_model.task != "classification":
             raise DlmiError(f"{aid_model.checkpoint}: the aid must be a classifier, "
                             f"not a {aid_model.task} run")
-        if list(aid_model.classes) != list(source.classes):
-            raise DlmiError(f"{aid_model.checkpoint}: the aid's classes {aid_model.classes} differ from "
-                            f"dataset {dataset!r}'s {list(source.classes)}")
+        from dlmi.runtime.pairing import check_pair
+
+        check_pair(aid_model.meta, {"dataset": dataset, "classes": list(source.classes),
+                                    "normal_class": source.normal_class},
+                   classifier_name=f"--aid {aid_model.checkpoint}", segmenter_name=str(trained.checkpoint))
         if aid_model.normal_index is None:
             raise DlmiError(f"{aid_model.checkpoint}: the aid classifier has no normal class to gate with")
     if trained.task in ("segmentation", "joint") and not source.has_masks:

@@ -6,7 +6,6 @@ from dlmi.export.metadata import CLASSIFIER, SEGMENTER, TWO_STAGE
 
 PRECISIONS = ("fp32", "fp16", "int8")
 FILE_NAMES = {CLASSIFIER: "classifier", SEGMENTER: "unet", TWO_STAGE: "two_stage"}
-EXPORT_MANIFEST = "export.json"  # what an export folder holds: sources, versions, parity numbers
 
 
 def file_name(kind: str, precision: str = "fp32") -> str:

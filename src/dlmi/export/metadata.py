@@ -27,6 +27,7 @@ from typing import Any
 
 import onnx
 
+from dlmi.digest import file_digest
 from dlmi.errors import DlmiError
 
 PREPROCESSING = {
@@ -36,6 +37,9 @@ PREPROCESSING = {
     "scale": "float32 = uint8 / 255, in [0, 1]",
     "layout": "N x 1 x H x W (NCHW, one channel)",
 }
+
+EXPORT_MANIFEST = "export.json"  # what an export folder holds: sources, versions, parity numbers, sha256
+MAX_IMAGE_SIZE = 16384  # a side in pixels; more is an edited or corrupt value, not a model dlmi trains
 
 CLASSIFIER = "classifier"
 SEGMENTER = "segmenter"
@@ -137,8 +141,9 @@ def _size(props: dict[str, str], key: str, where: str) -> int:
         raise DlmiError(
             f"{where}: metadata key {key!r} must be a whole number of pixels, got {raw!r}"
         ) from None
-    if value < 1:
-        raise DlmiError(f"{where}: metadata key {key!r} must be at least 1, got {value}")
+    if not 1 <= value <= MAX_IMAGE_SIZE:
+        raise DlmiError(f"{where}: metadata key {key!r} must be between 1 and {MAX_IMAGE_SIZE} pixels, "
+                        f"got {raw[:30]!r}")
     return value
 
 
@@ -199,11 +204,13 @@ def check_metadata(props: dict[str, str], kind: str, where: str | os.PathLike[st
 
 
 def read_checked_metadata(path: str | os.PathLike[str], kind: str) -> CheckedMetadata:
-    """Read and validate an exported file's metadata; a file onnx cannot parse is one line too."""
+    """Read and validate an exported file's metadata, and check its bytes against the sha256 its folder's
+    ``export.json`` records; a file onnx cannot parse is one line too."""
     path = Path(path)
     try:
         model = onnx.load(path, load_external_data=False)
     except Exception as exc:  # truncated or not ONNX at all: protobuf's DecodeError, and others
+        verify_file(path)  # a file cut short since the export is said as such
         reason = " ".join(str(exc).split())[:120] or type(exc).__name__
         raise DlmiError(f"{path}: not a readable ONNX model ({reason})") from None
     checked = check_metadata({p.key: p.value for p in model.metadata_props}, kind, path)
@@ -219,4 +226,108 @@ def read_checked_metadata(path: str | os.PathLike[str], kind: str) -> CheckedMet
         if width is not None and width != len(checked.classes):
             raise DlmiError(f"{path}: metadata key 'classes' lists {len(checked.classes)} classes but the "
                             f"classifier outputs {width}")
+    verify_file(path)  # last: a file whose metadata is wrong is named for that first
     return checked
+
+
+# --- export.json: reading it back, checked, and the sha256 of the files it names ----------------------------
+
+SHA256_LENGTH = 64
+
+
+def _is_sha256(value: object) -> bool:
+    return (isinstance(value, str) and len(value) == SHA256_LENGTH
+            and all(c in "0123456789abcdef" for c in value))
+
+
+def _check_source(entry: object, role: str, where: Path) -> None:
+    if entry is None:
+        return
+    checkpoint = entry.get("checkpoint") if isinstance(entry, dict) else None
+    if not isinstance(checkpoint, str) or not checkpoint:
+        raise DlmiError(f"{where}: {role!r} must be null or an object whose 'checkpoint' is a file path")
+    if "sha256" in entry and not _is_sha256(entry["sha256"]):
+        raise DlmiError(f"{where}: {role}.sha256 must be 64 lowercase hex digits, "
+                        f"got {entry['sha256']!r:.80}")
+    meta = entry.get("meta", {})
+    if not isinstance(meta, dict):
+        raise DlmiError(f"{where}: {role}.meta must be an object, got {type(meta).__name__}")
+    size = meta.get("image_size", 1)
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_IMAGE_SIZE:
+        raise DlmiError(f"{where}: {role}.meta.image_size must be a whole number of pixels between 1 and "
+                        f"{MAX_IMAGE_SIZE}, got {size!r:.40}")
+
+
+def check_manifest(manifest: object, where: Path) -> dict[str, Any]:
+    """The values of an ``export.json`` that dlmi reads, checked: one line naming the file and the key."""
+    if not isinstance(manifest, dict):
+        raise DlmiError(f"{where}: expected a JSON object, got {type(manifest).__name__}")
+    for role in (CLASSIFIER, SEGMENTER):
+        _check_source(manifest.get(role), role, where)
+    classes = manifest.get("classes", [])
+    if not isinstance(classes, list) or not all(isinstance(c, str) and c for c in classes):
+        raise DlmiError(f"{where}: 'classes' must be a list of class names, got {classes!r:.80}")
+    files = manifest.get("files", {})
+    if not isinstance(files, dict) or not all(isinstance(e, dict) for e in files.values()):
+        raise DlmiError(f"{where}: 'files' must be an object of file name → {{kind, precision, sha256, …}}")
+    for name, entry in files.items():
+        if "sha256" in entry and not _is_sha256(entry["sha256"]):
+            raise DlmiError(f"{where}: files.{name}.sha256 must be 64 lowercase hex digits, "
+                            f"got {entry['sha256']!r:.80}")
+    return manifest
+
+
+def _load_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / EXPORT_MANIFEST
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DlmiError(f"{path}: not found; is {folder} a folder written by `dlmi export onnx`?") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DlmiError(f"{path}: cannot be read ({type(exc).__name__}: {exc})") from None
+    try:
+        return check_manifest(json.loads(text), path)
+    except json.JSONDecodeError as exc:
+        raise DlmiError(f"{path}: not valid JSON ({exc})") from None
+
+
+def _warn(message: str) -> None:
+    import sys
+
+    print(f"dlmi: warning: {message}", file=sys.stderr)
+
+
+def _verify(path: Path, expected: str | None, manifest_path: Path) -> None:
+    """``path``'s sha256 against the one ``manifest_path`` recorded; none recorded: a warning."""
+    if expected is None:
+        _warn(f"{manifest_path} records no sha256 for {path} (an export by an older dlmi), so it is not "
+              "checked; export again to have it checked")
+        return
+    actual = file_digest(path)
+    if actual != expected:
+        raise DlmiError(f"{path}: its sha256 ({actual[:12]}…) is not the one {manifest_path} recorded "
+                        f"({expected[:12]}…): the file was changed, swapped or cut short since the export; "
+                        "export again")
+
+
+def verify_file(path: str | os.PathLike[str]) -> None:
+    """Check an exported file against the sha256 its folder's ``export.json`` records (no ``export.json``
+    beside it: nothing to check against, nothing said)."""
+    path = Path(path)
+    if not (path.parent / EXPORT_MANIFEST).is_file():
+        return
+    manifest = _load_manifest(path.parent)
+    entry = manifest.get("files", {}).get(path.name, {})
+    _verify(path, entry.get("sha256"), path.parent / EXPORT_MANIFEST)
+
+
+def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``export.json`` of an export folder, checked; the checkpoints it names (where they still exist)
+    are checked against their recorded sha256."""
+    folder = Path(folder)
+    manifest = _load_manifest(folder)
+    for role in (CLASSIFIER, SEGMENTER):
+        entry = manifest.get(role)
+        if entry is not None and Path(entry["checkpoint"]).is_file():
+            _verify(Path(entry["checkpoint"]), entry.get("sha256"), folder / EXPORT_MANIFEST)
+    return manifest

@@ -14,7 +14,6 @@ numbers and the versions.
 from __future__ import annotations
 
 import io
-import json
 import os
 import warnings
 from collections.abc import Sequence
@@ -30,11 +29,20 @@ from torch import nn
 
 from dlmi.atomic import write_atomic, write_json_atomic
 from dlmi.datasets.base import normal_index as class_index
+from dlmi.digest import file_digest
 from dlmi.errors import DlmiError
-from dlmi.export.files import ALL_FILE_NAMES, EXPORT_MANIFEST, file_name
-from dlmi.export.metadata import CLASSIFIER, SEGMENTER, TWO_STAGE, build_metadata, set_metadata
+from dlmi.export.files import ALL_FILE_NAMES, file_name
+from dlmi.export.metadata import (
+    CLASSIFIER,
+    EXPORT_MANIFEST,
+    SEGMENTER,
+    TWO_STAGE,
+    build_metadata,
+    set_metadata,
+)
 from dlmi.export.parity import ParityResult, check_parity
 from dlmi.runtime.graphs import AsHalf, ClassifierGraph, SegmenterGraph
+from dlmi.runtime.pairing import check_pair
 from dlmi.runtime.two_stage import TwoStage
 
 OPSET = 18
@@ -76,6 +84,7 @@ class Source:
     model: nn.Module
     meta: dict[str, Any]
     checkpoint: Path
+    training: dict[str, Any] | None = None
 
     @property
     def image_size(self) -> int:
@@ -98,7 +107,33 @@ def load_source(path: str | os.PathLike[str], task: str) -> Source:
         raise DlmiError(
             f"{trained.checkpoint}: {option} needs a {task} run, this one is a {trained.task} run"
         )
-    return Source(model=trained.model.float().eval(), meta=trained.meta, checkpoint=trained.checkpoint)
+    return Source(model=trained.model.float().eval(), meta=trained.meta, checkpoint=trained.checkpoint,
+                  training=training_progress(trained))
+
+
+def training_progress(trained: Any) -> dict[str, Any] | None:
+    """``{"epochs_done", "epochs_planned", "complete"}`` of the run(s) behind a trained model: the epoch of
+    each run's ``last.pt`` against its ``config.json``'s epochs (an ensemble: its least trained member).
+    ``None`` for a bare checkpoint, which says nothing of the plan."""
+    from dlmi.training.config import TrainConfig
+    from dlmi.training.folder.checkpoint import load_checkpoint
+    from dlmi.training.folder.run_folder import RunFolder
+
+    runs = [m.run_dir for m in getattr(trained, "members", None) or [trained]]
+    progress = []
+    for run_dir in runs:
+        if run_dir is None:
+            return None
+        folder = RunFolder(Path(run_dir))
+        if not folder.config.is_file() or not folder.last.is_file():
+            return None
+        planned = TrainConfig.load(folder.config).epochs
+        done = load_checkpoint(folder.last).get("epoch")
+        if not isinstance(done, int):
+            raise DlmiError(f"{folder.last}: records no epoch; not a checkpoint written by dlmi train")
+        progress.append((done, planned))
+    done, planned = min(progress, key=lambda p: p[0] - p[1])
+    return {"epochs_done": done, "epochs_planned": planned, "complete": done >= planned}
 
 
 def normal_index(classifier: Source) -> int:
@@ -131,6 +166,7 @@ class ExportReport:
     files: list[Path] = field(default_factory=list)
     parity: list[ParityResult] = field(default_factory=list)
     removed: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         lines = [f"wrote {p} ({p.stat().st_size / 2**20:.1f} MiB)" for p in self.files]
@@ -196,6 +232,9 @@ def export_onnx(
     joint = seg is not None and seg.meta.get("task") == "joint"
     if joint and cls is not None:
         raise DlmiError(f"{seg.checkpoint}: a joint model gates with its own class head; drop --classifier")
+    if cls is not None and seg is not None and not joint:
+        check_pair(cls.meta, seg.meta, classifier_name=str(cls.checkpoint),
+                   segmenter_name=str(seg.checkpoint))
     if joint:
         return _export_joint(seg, Path(out), fp16=fp16, tolerance=tolerance, fp16_tolerance=fp16_tolerance)
     gate_index = normal_index(cls) if (cls is not None and seg is not None) else None
@@ -300,11 +339,21 @@ def _write(exported: list[Exported], out: Path, cls: Source | None, seg: Source 
         if name not in written and stale.is_file():
             stale.unlink()
             report.removed.append(stale)
-    write_json_atomic(out / EXPORT_MANIFEST, _manifest(exported, cls, seg))
+    digests = {e.name: file_digest(out / e.name) for e in exported}
+    write_json_atomic(out / EXPORT_MANIFEST, _manifest(exported, cls, seg, digests))
+    sources = {"classifier": cls, "segmenter": seg} if seg is not cls else {"joint model": seg}
+    for role, source in sources.items():
+        if source is not None and source.training is not None and not source.training["complete"]:
+            done, planned = source.training["epochs_done"], source.training["epochs_planned"]
+            report.warnings.append(
+                f"the {role} run {source.checkpoint.parent} stopped after {done} of {planned} epochs "
+                f"(interrupted?); exported as it is, and {out / EXPORT_MANIFEST} says 'complete': false"
+            )
     return report
 
 
-def _manifest(exported: Sequence[Exported], cls: Source | None, seg: Source | None) -> dict[str, Any]:
+def _manifest(exported: Sequence[Exported], cls: Source | None, seg: Source | None,
+              digests: dict[str, str]) -> dict[str, Any]:
     import onnxruntime
 
     from dlmi import __version__
@@ -312,9 +361,16 @@ def _manifest(exported: Sequence[Exported], cls: Source | None, seg: Source | No
     def source(s: Source | None) -> dict[str, Any] | None:
         if s is None:
             return None
-        return {"checkpoint": str(s.checkpoint), "run_dir": s.meta.get("run_dir"), "meta": s.meta}
+        return {"checkpoint": str(s.checkpoint), "sha256": file_digest(s.checkpoint),
+                "run_dir": s.meta.get("run_dir"), "training": s.training, "meta": s.meta}
 
+    with_classes = cls if cls is not None else seg
+    assert with_classes is not None
+    trainings = [s.training for s in (cls, seg) if s is not None]
     return {
+        "classes": [str(c) for c in with_classes.meta.get("classes") or []],
+        "normal_class": with_classes.meta.get("normal_class"),
+        "complete": None if None in trainings else all(t["complete"] for t in trainings),
         "dlmi_version": __version__,
         "exporter": "torch.onnx.export(dynamo=True)",
         "opset": OPSET,
@@ -324,17 +380,7 @@ def _manifest(exported: Sequence[Exported], cls: Source | None, seg: Source | No
         "classifier": source(cls),
         "segmenter": source(seg),
         "files": {
-            e.name: {"kind": e.kind, "precision": e.precision, "parity": e.parity.to_json()} for e in exported
+            e.name: {"kind": e.kind, "precision": e.precision, "sha256": digests[e.name],
+                     "parity": e.parity.to_json()} for e in exported
         },
     }
-
-
-def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``export.json`` of an export folder."""
-    path = Path(folder) / EXPORT_MANIFEST
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DlmiError(f"{path}: not found; is {folder} a folder written by `dlmi export onnx`?") from None
-    except json.JSONDecodeError as exc:
-        raise DlmiError(f"{path}: not valid JSON ({exc})") from None

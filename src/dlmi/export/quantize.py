@@ -23,7 +23,6 @@ folders of images (``calibration_dir``, ``check_dir``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import statistics
@@ -38,9 +37,10 @@ import numpy as np
 import onnx
 
 from dlmi.atomic import write_atomic, write_json_atomic
+from dlmi.digest import file_digest
 from dlmi.errors import DlmiError
-from dlmi.export.files import EXPORT_MANIFEST, file_name
-from dlmi.export.metadata import CLASSIFIER, SEGMENTER, TWO_STAGE, read_metadata, set_metadata
+from dlmi.export.files import file_name
+from dlmi.export.metadata import CLASSIFIER, EXPORT_MANIFEST, SEGMENTER, TWO_STAGE, read_metadata, set_metadata
 
 INT8 = "int8"
 MIN_MASK_DICE = 0.98
@@ -312,14 +312,6 @@ def _compare(kind: str, names: list[str], fp32: list[list[np.ndarray]], int8: li
             agreement.failures.append(f"mask Dice vs fp32 {agreement.mask_dice:.4f} < {MIN_MASK_DICE}")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def quantize_export(
     out: str | os.PathLike[str] = "exported",
     *,
@@ -380,7 +372,7 @@ def quantize_export(
                 "float_heads": "the layers computing the logits stay float32",
                 "calibration": calibration.description,
                 "fp32_file": path.name,
-                "fp32_sha256": _sha256(path),
+                "fp32_sha256": file_digest(path),
                 "check": {k: v for k, v in agreement.to_json().items() if k not in ("file", "source")},
             })})
             written.append((agreement.file, model.SerializeToString()))
@@ -394,6 +386,7 @@ def quantize_export(
         for agreement in report.agreements:
             files[agreement.file] = {"kind": next(k for k, p in fp32.items() if p.name == agreement.source),
                                      "precision": INT8, "source": agreement.source,
+                                     "sha256": file_digest(out / agreement.file),
                                      "int8_check": agreement.to_json()}
         manifest["int8"] = {"calibration": calibration.description, "check": check.description,
                             "min_mask_dice": MIN_MASK_DICE, "min_class_agreement": MIN_CLASS_AGREEMENT,

@@ -178,8 +178,7 @@ class OnnxPredictor(Predictor):
 
 def _manifest_checkpoints(folder: Path) -> list[Path]:
     """The checkpoints an export folder's ``export.json`` names; one line on a malformed file."""
-    from dlmi.export.files import EXPORT_MANIFEST
-    from dlmi.export.onnx_export import read_manifest
+    from dlmi.export.metadata import EXPORT_MANIFEST, read_manifest
 
     manifest = read_manifest(folder)
     where = folder / EXPORT_MANIFEST
@@ -242,6 +241,7 @@ class TorchPredictor(Predictor):
         import torch
 
         from dlmi.runtime.graphs import ClassifierGraph, JointOutput, SegmenterGraph
+        from dlmi.runtime.pairing import check_pair
         from dlmi.runtime.trained import load_trained
         from dlmi.runtime.two_stage import build_pipeline
 
@@ -259,6 +259,9 @@ class TorchPredictor(Predictor):
                 by_role[role] = trained
         cls, seg = by_role.get(CLASSIFIER_ROLE), by_role.get(SEGMENTER_ROLE)
         joint = seg is not None and seg.task == "joint"
+        if cls is not None and seg is not None and cls is not seg:
+            check_pair(cls.meta, seg.meta, classifier_name=str(cls.checkpoint),
+                       segmenter_name=str(seg.checkpoint))
         loaded = list({id(t): t for t in by_role.values()}.values())
         self.files = {name: path for t in loaded for name, path in _files_of(t).items()}
         self.checkpoints = {t.task: t.checkpoint for t in loaded}

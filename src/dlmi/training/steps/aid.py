@@ -54,13 +54,15 @@ class ClassifierGate:
 def load_aid(
     path: str | os.PathLike[str], dataset: str, device: torch.device | str = "cpu"
 ) -> ClassifierGate:
-    """The classifier of run ``path`` as a gate; it must have been trained on ``dataset``."""
+    """The classifier of run ``path`` as a gate; it must have been trained on ``dataset`` (its classes)."""
+    from dlmi.plugins import get_dataset
+    from dlmi.runtime.pairing import check_pair
+
     trained = load_trained(path, map_location="cpu")
-    if trained.meta.get("dataset") != dataset:
-        raise DlmiError(
-            f"{trained.checkpoint}: the aid classifier was trained on dataset "
-            f"{trained.meta.get('dataset')!r}, not {dataset!r}"
-        )
+    source = get_dataset(dataset)
+    check_pair(trained.meta, {"dataset": dataset, "classes": list(source.classes),
+                              "normal_class": source.normal_class},
+               classifier_name=f"--aid {trained.checkpoint}", segmenter_name=f"of dataset {dataset!r}")
     return ClassifierGate(trained, device=device)
 
 
