@@ -20,8 +20,7 @@ from test_export_helpers import CLASSES, exported_models, make_checkpoints
 from dlmi.cli.main import run
 from dlmi.digest import file_digest
 from dlmi.errors import DlmiError
-from dlmi.export.metadata import read_checked_metadata
-from dlmi.export.metadata import read_manifest
+from dlmi.export.metadata import read_checked_metadata, read_manifest
 from dlmi.export.onnx_export import export_onnx
 from dlmi.inference.predictor import open_predictor
 from dlmi.training.config import TrainConfig

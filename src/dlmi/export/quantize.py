@@ -40,7 +40,14 @@ from dlmi.atomic import write_atomic, write_json_atomic
 from dlmi.digest import file_digest
 from dlmi.errors import DlmiError
 from dlmi.export.files import file_name
-from dlmi.export.metadata import CLASSIFIER, EXPORT_MANIFEST, SEGMENTER, TWO_STAGE, read_metadata, set_metadata
+from dlmi.export.metadata import (
+    CLASSIFIER,
+    EXPORT_MANIFEST,
+    SEGMENTER,
+    TWO_STAGE,
+    read_metadata,
+    set_metadata,
+)
 
 INT8 = "int8"
 MIN_MASK_DICE = 0.98
