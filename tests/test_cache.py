@@ -298,3 +298,29 @@ def test_cache_root_setting_is_honoured_by_all_three(busi_like: Path, tmp_path: 
     assert copy.is_relative_to(root) and (copy / "benign" / "benign (1).png").is_file()
     reproduction = Reproduction(tmp_path / "data", get_profile("cpu"), tmp_path / "out", tmp_path / "res")
     assert reproduction.cache_dir.is_relative_to(root)
+
+
+def test_unwritable_cache_root_warns_once_and_each_cache_goes_on(busi_like: Path, tmp_path: Path, capsys,
+                                                                 monkeypatch) -> None:
+    from dlmi.errors import DlmiError
+    from dlmi.experiments.resized import resized_copy
+    from dlmi.splits.audit import hash_samples
+    from dlmi.splits.cache import HashCache
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("a file where the cache root would go")
+    monkeypatch.setenv("DLMI_CACHE_DIR", str(blocker))
+    source, samples = busi_samples(busi_like)
+    fresh = hash_samples(source, samples, cache=HashCache(tmp_path / "fresh"))
+    capsys.readouterr()
+    hashed = hash_samples(source, samples, cache=HashCache(), workers=1)
+    assert np.array_equal(hashed.hashes, fresh.hashes)
+    cache = ResizedDiskCache()
+    dataset = ImageDataset(DiskCachedSource(source, 16, cache), samples, 16)
+    for i in range(len(samples)):
+        dataset.load_resized(i)
+    err = capsys.readouterr().err
+    assert err.count("warning") == 2 and err.count("cannot be written") == 2 and str(blocker) in err
+    with pytest.raises(DlmiError, match="resized copy") as failure:
+        resized_copy("busi", busi_like, 16)
+    assert str(blocker) in str(failure.value) and "\n" not in str(failure.value)

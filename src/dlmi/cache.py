@@ -96,6 +96,7 @@ class EntryStore:
         self.folder = Path(root if root is not None else cache_root()) / name / version
         self.suffix = suffix
         self.writable = True
+        self.readable = True  # False after the first entry that exists but cannot be read (warned once)
         self.hits = 0
         self.misses = 0
 
@@ -107,11 +108,14 @@ class EntryStore:
         path = self.path(key)
         try:
             data = path.read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # not there (the folder may not even be a folder)
             self.misses += 1
             return None
         except OSError as exc:
-            warn(f"{path}: cannot read cache entry ({exc.strerror or exc}); rebuilding it")
+            if self.readable:
+                self.readable = False
+                warn(f"{path}: cannot read cache entry ({exc.strerror or exc}); rebuilding it and any other "
+                     "such entry")
             self.misses += 1
             return None
         try:
@@ -136,6 +140,8 @@ class EntryStore:
         try:
             write_atomic(self.path(key), lambda handle: handle.write(sealed))
         except OSError as exc:
+            if not self.writable:
+                return  # another thread found it out first, and said so
             self.writable = False
             warn(f"{self.folder}: cache folder cannot be written ({exc.strerror or exc}); "
                  "going on without it")

@@ -59,20 +59,26 @@ def _damage(target: Path, key: str) -> tuple[Path, str] | None:
         recorded: Any = json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         return marker, f"unreadable marker: {exc}"
-    if not isinstance(recorded, dict) or not isinstance(recorded.get("files"), dict):
-        return marker, "marker without a file list"
-    if recorded.get("key") != key:
+    if not isinstance(recorded, dict):
+        return marker, "marker is not a JSON object"
+    if recorded.get("key") != key:  # another source, size or version (or an older copy format)
         raise LookupError("made from other content")
-    files: dict[str, str] = recorded["files"]
+    files = recorded.get("files")
+    if not isinstance(files, dict):
+        return marker, "marker without a file list"
     present = {p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file()} - {MARKER}
-    for name in sorted(present - set(files)):
-        return target / name, "a file the copy did not write"
+    extra = sorted(present - set(files))
+    if extra:
+        return target / extra[0], "a file the copy did not write"
     for name, digest in sorted(files.items()):
         path = target / name
         if name not in present:
             return path, "missing"
-        if file_digest(path) != digest:
-            return path, "content differs from when it was written"
+        try:
+            if file_digest(path) != digest:
+                return path, "content differs from when it was written"
+        except OSError as exc:
+            return path, f"unreadable: {exc.strerror or exc}"
     return None
 
 
@@ -115,4 +121,8 @@ def resized_copy(dataset: str, data_dir: Path, size: int, cache_dir: Path | None
                   "images": len(samples), "key": key, "files": written}
         write_json_atomic(folder / MARKER, record)
 
-    return replace_folder(target, build)
+    try:
+        return replace_folder(target, build)
+    except OSError as exc:
+        raise DlmiError(f"{exc.filename or target}: cannot write the resized copy ({exc.strerror or exc}); "
+                        "give another --cache-dir or DLMI_CACHE_DIR") from None
