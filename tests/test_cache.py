@@ -180,3 +180,147 @@ def test_cache_and_workers_do_not_change_the_run(busi_like: Path, tmp_path: Path
     split = json.loads((tmp_path / "disk" / "split.json").read_text())
     loaded = len(split["train"]) + len(split["val"])  # the test side is never read by training
     assert len(list((tmp_path / "cache" / "resized").rglob("*.npy"))) == loaded
+
+
+# --- one mechanism for every cache (issue 18): one root, content keys, atomic entries, corrupt ones rebuilt
+
+
+def _damage(path: Path, how: str) -> None:
+    """Truncate ``path`` to half, or flip a byte near its end (same size: only a checksum can tell)."""
+    data = bytearray(path.read_bytes())
+    if how == "truncate":
+        path.write_bytes(bytes(data[: len(data) // 2]))
+    else:
+        data[-40] ^= 0xFF
+        path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip"])
+def test_corrupt_resized_entry_is_rebuilt_with_a_warning(busi_like: Path, tmp_path: Path, capsys,
+                                                         how: str) -> None:
+    source, samples = busi_samples(busi_like)
+    plain = ImageDataset(source, samples, 24)
+    first = ResizedDiskCache(tmp_path / "cache")
+    filled = ImageDataset(DiskCachedSource(source, 24, first), samples, 24)
+    for i in range(len(samples)):
+        filled.load_resized(i)
+    damaged = first.path(first.key(source, samples[3], 24))
+    _damage(damaged, how)
+    capsys.readouterr()
+    later = ResizedDiskCache(tmp_path / "cache")
+    again = ImageDataset(DiskCachedSource(source, 24, later), samples, 24)
+    for i in range(len(samples)):
+        pairs = zip(again.load_resized(i), plain.load_resized(i), strict=True)
+        assert all(np.array_equal(a, b) for a, b in pairs), i
+    err = capsys.readouterr().err
+    assert "warning" in err and str(damaged) in err and "Traceback" not in err
+    assert (later.hits, later.misses) == (len(samples) - 1, 1)
+    rebuilt = ResizedDiskCache(tmp_path / "cache")  # the entry was written whole again
+    ImageDataset(DiskCachedSource(source, 24, rebuilt), samples, 24).load_resized(3)
+    assert rebuilt.hits == 1
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip"])
+def test_corrupt_hash_entry_is_rebuilt_with_a_warning(busi_like: Path, tmp_path: Path, capsys,
+                                                      how: str) -> None:
+    from dlmi.splits.audit import audit_dataset, hash_samples
+    from dlmi.splits.cache import HashCache
+
+    source, samples = busi_samples(busi_like)
+    fresh = hash_samples(source, samples, cache=HashCache(tmp_path / "fresh"))
+    hash_samples(source, samples, cache=HashCache(tmp_path / "cache"))
+    entries = sorted((tmp_path / "cache").rglob("*.npz"))
+    assert len(entries) == len(samples)
+    _damage(entries[0], how)
+    capsys.readouterr()
+    again = hash_samples(source, samples, cache=HashCache(tmp_path / "cache"))
+    err = capsys.readouterr().err
+    assert "warning" in err and str(entries[0]) in err
+    assert again.cache_hits == len(samples) - 1
+    assert np.array_equal(again.hashes, fresh.hashes) and again.pixels == fresh.pixels
+    audit = audit_dataset("busi", busi_like, cache=HashCache(tmp_path / "cache"))
+    assert audit.cache_hits == len(samples)  # rebuilt whole
+
+
+def test_corrupt_resized_copy_is_rebuilt_with_a_warning(busi_like: Path, tmp_path: Path, capsys) -> None:
+    from dlmi.experiments.resized import MARKER, resized_copy
+
+    source, original = busi_samples(busi_like)
+    copy = resized_copy("busi", busi_like, 16, tmp_path / "cache")
+    expected = [ImageDataset(source, original, 16)[i] for i in range(len(original))]
+
+    def read_back() -> None:
+        again = ImageDataset(source, source.samples(copy), 16)
+        for i, item in enumerate(expected):
+            assert torch.equal(again[i]["image"], item["image"])
+            assert torch.equal(again[i]["mask"], item["mask"])
+
+    one = copy / "benign" / "benign (2).png"
+    _damage(one, "truncate")
+    capsys.readouterr()
+    assert resized_copy("busi", busi_like, 16, tmp_path / "cache") == copy
+    err = capsys.readouterr().err
+    assert "warning" in err and str(one) in err
+    read_back()
+    (copy / MARKER).write_text('{"key": ')  # a half-written marker
+    assert resized_copy("busi", busi_like, 16, tmp_path / "cache") == copy
+    assert "warning" in capsys.readouterr().err
+    read_back()
+    # An edited source image is new content: the copy is remade (no warning: stale, not corrupt).
+    edited = busi_like / "normal" / "normal (1).png"
+    Image.fromarray(np.full((40, 46), 7, dtype=np.uint8)).save(edited)
+    resized_copy("busi", busi_like, 16, tmp_path / "cache")
+    redone = ImageDataset(source, source.samples(copy), 16)
+    key = next(i for i, s in enumerate(source.samples(copy)) if s.key == "normal/normal (1).png")
+    assert torch.all(redone[key]["image"] == redone[key]["image"].flatten()[0])
+    assert not list((tmp_path / "cache").glob(".*"))  # no build folder left behind
+
+
+def test_cache_root_setting_is_honoured_by_all_three(busi_like: Path, tmp_path: Path, monkeypatch) -> None:
+    from dlmi.cache import cache_root
+    from dlmi.experiments.profiles import get_profile
+    from dlmi.experiments.reproduction import Reproduction
+    from dlmi.experiments.resized import resized_copy
+    from dlmi.splits.audit import hash_samples
+    from dlmi.splits.cache import HashCache
+    from dlmi.training.data.cache import CachePlan, cached_source
+
+    root = tmp_path / "root"
+    monkeypatch.setenv("DLMI_CACHE_DIR", str(root))
+    assert cache_root() == root
+    source, samples = busi_samples(busi_like)
+    ImageDataset(cached_source(source, 16, CachePlan(memory=False, disk=True, estimate_bytes=0)),
+                 samples, 16).load_resized(0)
+    hash_samples(source, samples[:2], cache=HashCache())
+    copy = resized_copy("busi", busi_like, 16)
+    assert len(list((root / "resized").rglob("*.npy"))) == 1
+    assert len(list((root / "image-hashes").rglob("*.npz"))) == 2
+    assert copy.is_relative_to(root) and (copy / "benign" / "benign (1).png").is_file()
+    reproduction = Reproduction(tmp_path / "data", get_profile("cpu"), tmp_path / "out", tmp_path / "res")
+    assert reproduction.cache_dir.is_relative_to(root)
+
+
+def test_unwritable_cache_root_warns_once_and_each_cache_goes_on(busi_like: Path, tmp_path: Path, capsys,
+                                                                 monkeypatch) -> None:
+    from dlmi.errors import DlmiError
+    from dlmi.experiments.resized import resized_copy
+    from dlmi.splits.audit import hash_samples
+    from dlmi.splits.cache import HashCache
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("a file where the cache root would go")
+    monkeypatch.setenv("DLMI_CACHE_DIR", str(blocker))
+    source, samples = busi_samples(busi_like)
+    fresh = hash_samples(source, samples, cache=HashCache(tmp_path / "fresh"))
+    capsys.readouterr()
+    hashed = hash_samples(source, samples, cache=HashCache(), workers=1)
+    assert np.array_equal(hashed.hashes, fresh.hashes)
+    cache = ResizedDiskCache()
+    dataset = ImageDataset(DiskCachedSource(source, 16, cache), samples, 16)
+    for i in range(len(samples)):
+        dataset.load_resized(i)
+    err = capsys.readouterr().err
+    assert err.count("warning") == 2 and err.count("cannot be written") == 2 and str(blocker) in err
+    with pytest.raises(DlmiError, match="resized copy") as failure:
+        resized_copy("busi", busi_like, 16)
+    assert str(blocker) in str(failure.value) and "\n" not in str(failure.value)

@@ -25,7 +25,8 @@ def reproduce_command(
     improved: bool | None = typer.Option(None, "--improved/--no-improved",
                                          help="Add (or leave out) the 'dlmi improved' variant runs."),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Where BUSI's resized copy is kept "
-                                          "(profiles that use one). [default: the system temp folder]"),
+                                          "(profiles that use one). [default: $DLMI_CACHE_DIR/resized-copy, "
+                                          "$DLMI_CACHE_DIR defaulting to ~/.cache/dlmi]"),
     verbose: bool = typer.Option(False, "--verbose", help="Show each run's training progress."),
     only: str | None = typer.Option(None, "--only", help="seed (the seed's experiments) or best (dlmi's "
                                     "best configuration: fold ensembles, ablation, exported ONNX). "

@@ -12,7 +12,6 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -81,7 +80,9 @@ class Reproduction:
     def __init__(self, data_root: Path, profile: Profile, out: Path, results: Path, log: Log = _stderr,
                  quiet: bool = True, cache_dir: Path | None = None) -> None:
         self.data_root = data_root
-        self.cache_dir = cache_dir or Path(tempfile.gettempdir()) / "dlmi-reproduce-cache"
+        from dlmi.experiments.resized import default_copy_dir
+
+        self.cache_dir = cache_dir or default_copy_dir()
         self.train_dirs: dict[str, Path] = {}
         self.profile = profile
         self.out = out
@@ -287,7 +288,7 @@ def reproduce(
 
     Writes ``<results>/reproduce-<profile>.md`` and ``.json`` and returns the Markdown path. ``overrides``
     replace profile fields (e.g. ``segmenter_epochs=2``); ``cache_dir`` holds BUSI's resized copy
-    (default: the system temp folder).
+    (default: ``<cache root>/resized-copy``, :mod:`dlmi.cache`).
     """
     chosen = get_profile(profile, **overrides)
     # Import the whole pipeline now, so edits to the source tree during a long run cannot change it midway.

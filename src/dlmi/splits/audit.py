@@ -24,7 +24,7 @@ from dlmi.datasets.base import DatasetSource, FileDataset, Sample, load_sample
 from dlmi.digest import file_digest
 from dlmi.errors import DlmiError
 from dlmi.imageio import image_size, read_mask
-from dlmi.splits.cache import CachedHashes, HashCache, pixel_digest
+from dlmi.splits.cache import CachedHashes, HashCache, hash_key, pixel_digest
 from dlmi.splits.hashing import (
     DEFAULT_THRESHOLD,
     HASH_BITS,
@@ -145,12 +145,13 @@ def _hash_one(
             digest = file_digest(Path(sample.image_path))
         except OSError as exc:
             raise DlmiError(f"{sample.image_path}: cannot read ({exc.strerror or exc})") from None
-        entry = cache.get(f"{source.name}-{digest}")
+        entry = cache.get(hash_key(source.name, file=digest))
         if entry is not None:
             return digest, entry, True
     image, _ = load_sample(source, sample)
     pixels = pixel_digest(image)
-    cache_key = f"{source.name}-{digest}" if digest is not None else f"pixels-{pixels}"
+    cache_key = hash_key(source.name, file=digest) if digest is not None else hash_key(source.name,
+                                                                                        pixels=pixels)
     if digest is None:
         entry = cache.get(cache_key)
         if entry is not None:

@@ -1,34 +1,32 @@
 """An on-disk cache of image hashes, keyed by the content of each image file.
 
-Entries live in ``$DLMI_CACHE_DIR`` (default ``$XDG_CACHE_HOME/dlmi`` or ``~/.cache/dlmi``) under
-``image-hashes/<hash version>/<first two hex digits>/<sha256>.npz``. The key is the SHA-256 of the file's
-bytes (of the decoded pixels for generated images), so a renamed or copied file hits the cache and an edited
-one misses it. Each entry is written atomically; a cache folder that cannot be written is skipped silently.
+Entries live under the dlmi cache root (:mod:`dlmi.cache`: ``$DLMI_CACHE_DIR``, default
+``$XDG_CACHE_HOME/dlmi`` or ``~/.cache/dlmi``) in ``image-hashes/<hash version>/<key[:2]>/<key>.npz``. The
+key (:func:`hash_key`) is made from the source's name, the hash version and the SHA-256 of the file's bytes
+(of the decoded pixels for generated images), so a renamed or copied file hits the cache and an edited one
+misses it. Entries are written atomically and sealed with a checksum; a corrupt one is dropped and rebuilt
+with a warning, and a cache folder that cannot be written is skipped (with a warning).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from dlmi.atomic import write_atomic
+from dlmi.cache import CorruptEntry, EntryStore, content_key
 from dlmi.splits.hashing import HASH_VERSION
 
-CACHE_ENV = "DLMI_CACHE_DIR"
+ENTRY_FORMAT = "e2"  # e2: entries sealed with a checksum (dlmi.cache)
 
 
-def cache_root() -> Path:
-    """The dlmi cache folder (not created here)."""
-    configured = os.environ.get(CACHE_ENV, "").strip()
-    if configured:
-        return Path(configured).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "dlmi"
+def hash_key(source_name: str, *, file: str | None = None, pixels: str | None = None) -> str:
+    """The entry key of an image: by its file's digest, or by its pixels' digest for generated images."""
+    content = f"file={file}" if file is not None else f"pixels={pixels}"
+    return content_key(f"format={ENTRY_FORMAT}", f"hash={HASH_VERSION}", f"source={source_name}", content)
 
 
 def pixel_digest(image: np.ndarray) -> str:
@@ -49,42 +47,43 @@ class CachedHashes:
 
 
 class HashCache:
-    """Get and put :class:`CachedHashes` by content digest."""
+    """Get and put :class:`CachedHashes` by :func:`hash_key` (through :class:`dlmi.cache.EntryStore`)."""
 
     def __init__(self, root: Path | None = None, *, enabled: bool = True) -> None:
-        self.folder = (root if root is not None else cache_root()) / "image-hashes" / HASH_VERSION
+        self.store = EntryStore("image-hashes", f"{HASH_VERSION}-{ENTRY_FORMAT}", ".npz", root)
         self.enabled = enabled
-        self.hits = 0
-        self.misses = 0
 
-    def _path(self, digest: str) -> Path:
-        return self.folder / digest[:2] / f"{digest}.npz"
+    @property
+    def folder(self) -> Path:
+        return self.store.folder
 
-    def get(self, digest: str) -> CachedHashes | None:
+    @property
+    def hits(self) -> int:
+        return self.store.hits
+
+    @property
+    def misses(self) -> int:
+        return self.store.misses
+
+    def get(self, key: str) -> CachedHashes | None:
         if not self.enabled:
-            self.misses += 1
+            self.store.misses += 1
             return None
-        try:
-            with np.load(self._path(digest), allow_pickle=False) as data:
-                entry = CachedHashes(
-                    hashes=data["hashes"].astype("<u8"),
-                    pixels=str(data["pixels"]),
-                    height=int(data["size"][0]),
-                    width=int(data["size"][1]),
-                )
-        except (OSError, KeyError, ValueError):
-            self.misses += 1
-            return None
-        self.hits += 1
-        return entry
+        return self.store.read(key, _decode)
 
-    def put(self, digest: str, entry: CachedHashes) -> None:
+    def put(self, key: str, entry: CachedHashes) -> None:
         if not self.enabled:
             return
         buffer = io.BytesIO()
         np.savez(buffer, hashes=entry.hashes, pixels=np.array(entry.pixels),
                  size=np.array([entry.height, entry.width]))
-        try:
-            write_atomic(self._path(digest), lambda handle: handle.write(buffer.getvalue()))
-        except OSError:
-            self.enabled = False  # read-only or full: carry on without a cache
+        self.store.write(key, buffer.getvalue())
+
+
+def _decode(payload: bytes) -> CachedHashes:
+    with np.load(io.BytesIO(payload), allow_pickle=False) as data:
+        hashes = data["hashes"].astype("<u8")
+        if hashes.ndim != 2 or hashes.shape[1] != 2:
+            raise CorruptEntry(f"hashes of shape {hashes.shape}, expected (P, 2)")
+        return CachedHashes(hashes=hashes, pixels=str(data["pixels"]),
+                            height=int(data["size"][0]), width=int(data["size"][1]))

@@ -5,11 +5,12 @@ Two layers:
 * ``memory``: :class:`~dlmi.datasets.loader.ImageDataset`'s own cache — each sample's uint8 image and bool
   mask at the model's size, ``S² · 2`` bytes per sample: BUSI's 702 images take 23 MB at 128 px and
   368 MB at 512 px (184 MB of images, 184 MB of masks) in each training process.
-* ``disk``: one ``.npy`` file per sample under ``$DLMI_CACHE_DIR/resized/v1/`` (default
-  ``~/.cache/dlmi``), keyed by the SHA-256 of the image and mask files' bytes, the size, the source and
-  the preprocessing (so an edited file, another size or another dlmi/Pillow version misses). Written
-  atomically (temporary file + rename), so several data workers and processes may fill it at once;
-  a cache folder that cannot be written is skipped.
+* ``disk``: one ``.npy`` file per sample under ``<cache root>/resized/v2/`` (the root is
+  ``$DLMI_CACHE_DIR``, default ``~/.cache/dlmi``: :mod:`dlmi.cache`), keyed by the SHA-256 of the image
+  and mask files' bytes, the size, the source and the preprocessing (so an edited file, another size or
+  another dlmi/Pillow version misses). Written atomically and sealed with a checksum, so several data
+  workers and processes may fill it at once and a corrupt entry is dropped and rebuilt with a warning;
+  a cache folder that cannot be written is skipped (with a warning).
 
 ``auto`` (the default) keeps samples in memory when every training process on the machine can hold its
 copy within a quarter of the machine's memory, and uses the disk cache otherwise. Augmentation runs
@@ -18,7 +19,6 @@ after the cache, so it is drawn afresh every epoch.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 from collections.abc import Sequence
@@ -29,13 +29,22 @@ from typing import Any
 
 import numpy as np
 
-from dlmi.atomic import write_atomic
+from dlmi.cache import CorruptEntry, EntryStore, FileDigests, content_key
 from dlmi.datasets.base import DatasetSource, Sample
 from dlmi.datasets.loader import ImageDataset, resize_image, resize_mask
-from dlmi.digest import file_digest
 
-DISK_FORMAT = "v1"
+DISK_FORMAT = "v2"  # v2: entries sealed with a checksum (dlmi.cache)
 MEMORY_SHARE = 0.25  # of physical memory, for ``auto``
+
+
+def resize_settings(image_size: int) -> list[str]:
+    """The settings that decide a resized sample's pixels (key parts of every resized cache entry)."""
+    import PIL
+
+    from dlmi import __version__
+
+    return [f"dlmi={__version__}", f"pillow={PIL.__version__}", f"size={image_size}",
+            "preprocess=grey-uint8,bilinear-image,nearest-mask,or-merged-masks"]
 
 
 def physical_memory() -> int | None:
@@ -75,74 +84,67 @@ def plan_cache(mode: str, samples: int, image_size: int, processes_per_machine: 
 
 
 class ResizedDiskCache:
-    """Resized samples on disk, one ``.npy`` per key: uint8 (2, S, S) = image, mask (or (1, S, S) alone)."""
+    """Resized samples on disk, one ``.npy`` per key: uint8 (2, S, S) = image, mask (or (1, S, S) alone).
+
+    Stored through :class:`dlmi.cache.EntryStore`: atomic, sealed, a corrupt entry dropped and rebuilt.
+    """
 
     def __init__(self, root: Path | None = None) -> None:
-        if root is None:
-            from dlmi.splits.cache import cache_root
+        self.store = EntryStore("resized", DISK_FORMAT, ".npy", root)
+        self._digests = FileDigests()
 
-            root = cache_root()
-        self.folder = Path(root) / "resized" / DISK_FORMAT
-        self.writable = True
-        self.hits = 0
-        self.misses = 0
-        self._digests: dict[tuple[str, int, int], str] = {}
+    @property
+    def folder(self) -> Path:
+        return self.store.folder
 
-    def _file_digest(self, path: Path) -> str:
-        """SHA-256 of a file's bytes, remembered per (path, size, mtime) within this process."""
-        stat = path.stat()
-        memo = (str(path), stat.st_size, stat.st_mtime_ns)
-        digest = self._digests.get(memo)
-        if digest is None:
-            digest = self._digests[memo] = file_digest(path)
-        return digest
+    @property
+    def writable(self) -> bool:
+        return self.store.writable
+
+    @property
+    def hits(self) -> int:
+        return self.store.hits
+
+    @property
+    def misses(self) -> int:
+        return self.store.misses
 
     def key(self, source: DatasetSource, sample: Sample, image_size: int) -> str | None:
         """The entry's key, or ``None`` for a sample without files (generated data is not cached on disk)."""
         if sample.image_path is None:
             return None
-        import PIL
-
-        from dlmi import __version__
-
         kind = type(source)
         parts = [
             f"format={DISK_FORMAT}",
             f"source={getattr(source, 'name', '')}:{kind.__module__}.{kind.__qualname__}",
-            f"dlmi={__version__}", f"pillow={PIL.__version__}", f"size={image_size}",
-            "preprocess=grey-uint8,bilinear-image,nearest-mask,or-merged-masks",
+            *resize_settings(image_size),
             f"masks={int(bool(getattr(source, 'has_masks', False)))}",
-            f"image={self._file_digest(Path(sample.image_path))}",
+            f"image={self._digests(sample.image_path)}",
         ]
-        parts += [f"mask={self._file_digest(Path(p))}" for p in sample.mask_paths]
-        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+        parts += [f"mask={self._digests(p)}" for p in sample.mask_paths]
+        return content_key(*parts)
 
     def path(self, key: str) -> Path:
-        return self.folder / key[:2] / f"{key}.npy"
+        return self.store.path(key)
 
     def get(self, key: str, image_size: int) -> tuple[np.ndarray, np.ndarray | None] | None:
-        try:
-            planes = np.load(self.path(key), allow_pickle=False)
-        except (OSError, ValueError, EOFError):
-            self.misses += 1
-            return None
-        if planes.dtype != np.uint8 or planes.ndim != 3 or planes.shape[0] not in (1, 2) \
-                or planes.shape[1:] != (image_size, image_size):
-            self.misses += 1
-            return None
-        self.hits += 1
-        return planes[0], (planes[1] > 0 if planes.shape[0] == 2 else None)
+        def decode(payload: bytes) -> tuple[np.ndarray, np.ndarray | None]:
+            planes = np.load(io.BytesIO(payload), allow_pickle=False)
+            if planes.dtype != np.uint8 or planes.ndim != 3 or planes.shape[0] not in (1, 2) \
+                    or planes.shape[1:] != (image_size, image_size):
+                raise CorruptEntry(f"planes {planes.dtype} {planes.shape}, expected uint8 (1 or 2, "
+                                   f"{image_size}, {image_size})")
+            return planes[0], (planes[1] > 0 if planes.shape[0] == 2 else None)
+
+        return self.store.read(key, decode)
 
     def put(self, key: str, image: np.ndarray, mask: np.ndarray | None) -> None:
-        if not self.writable:
+        if not self.store.writable:
             return
         planes = image[None] if mask is None else np.stack([image, mask.astype(np.uint8)])
         buffer = io.BytesIO()
         np.save(buffer, planes, allow_pickle=False)
-        try:
-            write_atomic(self.path(key), lambda handle: handle.write(buffer.getvalue()))
-        except OSError:
-            self.writable = False  # a read-only or full cache folder: carry on without it
+        self.store.write(key, buffer.getvalue())
 
 
 class DiskCachedSource:
