@@ -46,10 +46,15 @@ def tally(results: list[dict[str, str]]) -> dict[str, dict[str, int]]:
 
 
 def markdown(table: dict[str, dict[str, int]], results: list[dict[str, str]], seconds: float) -> str:
-    lines = ["# Hostile-input battery: tally", "",
-             f"{table['total']['cases']} cases (tests/hostile), run by benchmarks/hostile_tally.py in "
-             f"{seconds:.0f} s. Goal (issue 18): 0 silent-wrong, 0 lost, 0 traceback, 0 hang.", "",
-             "| kind | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    lines = [
+        "# Hostile-input battery: tally",
+        "",
+        f"{table['total']['cases']} cases (tests/hostile), run by benchmarks/hostile_tally.py in "
+        f"{seconds:.0f} s. Goal (issue 18): 0 silent-wrong, 0 lost, 0 traceback, 0 hang.",
+        "",
+        "| kind | " + " | ".join(COLUMNS) + " |",
+        "|---" * (len(COLUMNS) + 1) + "|",
+    ]
     for kind, row in table.items():
         label = f"**{kind}**" if kind == "total" else kind
         lines.append(f"| {label} | " + " | ".join(str(row[c]) for c in COLUMNS) + " |")
@@ -72,6 +77,7 @@ def main() -> int:
         world = World(args.world or Path(tmp) / "world")
         for case in cases:
             reason = case.skip() if case.skip else None
+            case_start = time.perf_counter()
             if reason:
                 outcome = SKIPPED
             else:
@@ -80,8 +86,16 @@ def main() -> int:
                     outcome, reason = verdict.outcome, verdict.reason
                 except Exception as exc:  # noqa: BLE001 - a case that cannot be set up is a broken case
                     outcome, reason = "traceback", f"the case's own setup failed: {type(exc).__name__}: {exc}"
-            results.append({"id": case.id, "kind": case.kind, "expect": case.expect, "outcome": outcome,
-                            "reason": reason or ""})
+            results.append(
+                {
+                    "id": case.id,
+                    "kind": case.kind,
+                    "expect": case.expect,
+                    "outcome": outcome,
+                    "reason": reason or "",
+                    "seconds": round(time.perf_counter() - case_start, 2),
+                }
+            )
             if args.v or outcome not in (case.expect, SKIPPED):
                 print(f"{outcome:>12}  {case.id}  (expected {case.expect}) {reason}", flush=True)
     seconds = time.perf_counter() - start
@@ -91,9 +105,10 @@ def main() -> int:
     if not args.k:
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / "hostile-tally.md").write_text(text, encoding="utf-8")
-        (RESULTS / "hostile-tally.json").write_text(json.dumps(
-            {"seconds": round(seconds, 1), "tally": table, "cases": results}, indent=2) + "\n",
-            encoding="utf-8")
+        (RESULTS / "hostile-tally.json").write_text(
+            json.dumps({"seconds": round(seconds, 1), "tally": table, "cases": results}, indent=2) + "\n",
+            encoding="utf-8",
+        )
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The Python API (``import dlmi``) given wrong types, None, odd arrays: one DlmiError, never another escape."""
+"""The Python API (``import dlmi``) given wrong types, None, odd arrays: a DlmiError, never another escape."""
 
 from __future__ import annotations
 
@@ -18,8 +18,10 @@ def refused(label: str, call: Callable[[Workspace], Any], *names: str) -> Case:
 
 def handled(label: str, call: Callable[[Workspace], Any], check: Callable[[Any], None]) -> Case:
     """``call(ws)`` must return a value that passes ``check(value)``."""
+
     def run(record: RunRecord) -> None:
         check(record.value)
+
     return Case("API", label, HANDLED, lambda ws: lambda: call(ws), check=run)
 
 
@@ -36,9 +38,14 @@ def predict(label: str, image: Any, *names: str) -> Case:
 
 def predicts(label: str, image: Any, shape: tuple[int, int]) -> Case:
     """``predict(image)`` must give a bool mask of ``shape``."""
+
     def check(result) -> None:
-        assert result.mask.dtype == bool and result.mask.shape == shape, (result.mask.dtype, result.mask.shape)
+        assert result.mask.dtype == bool and result.mask.shape == shape, (
+            result.mask.dtype,
+            result.mask.shape,
+        )
         assert result.probs is not None and abs(float(result.probs.sum()) - 1) < 1e-4
+
     return handled(f"predict {label}", lambda ws: _predictor(ws).predict(image), check)
 
 
@@ -53,9 +60,20 @@ def _train(**kwargs: Any) -> Callable[[Workspace], Any]:
     def call(ws: Workspace) -> Any:
         import dlmi
 
-        settings = {"dataset": "busi", "data_dir": ws.world.data, "image_size": 32, "base_channels": 4,
-                    "epochs": 1, "device": "cpu", "cache": "none", "quiet": True, "out": ws.path("run"), **kwargs}
+        settings = {
+            "dataset": "busi",
+            "data_dir": ws.world.data,
+            "image_size": 32,
+            "base_channels": 4,
+            "epochs": 1,
+            "device": "cpu",
+            "cache": "none",
+            "quiet": True,
+            "out": ws.path("run"),
+            **kwargs,
+        }
         return dlmi.train_segmenter(**settings)
+
     return call
 
 
@@ -65,6 +83,7 @@ def _evaluate(*args: Any, **kwargs: Any) -> Callable[[Workspace], Any]:
 
         run = args[0] if args else ws.copy(ws.world.segmenter, "run")
         return dlmi.evaluate(run, device="cpu", panels=False, **{"resamples": 20, **kwargs})
+
     return call
 
 
@@ -73,6 +92,7 @@ def _export(**kwargs: Any) -> Callable[[Workspace], Any]:
         import dlmi
 
         return dlmi.export_onnx(out=ws.path("exported"), **kwargs)
+
     return call
 
 
@@ -81,6 +101,7 @@ def _load(*args: Any, **kwargs: Any) -> Callable[[Workspace], Any]:
         import dlmi
 
         return dlmi.load_predictor(*args, **kwargs)
+
     return call
 
 
@@ -94,11 +115,13 @@ CASES = [
     refused("load_predictor(None)", _load(None), "None"),
     refused("load_predictor([])", _load([]), "models"),
     refused("load_predictor of a missing folder", _load("/nonexistent/exported"), "/nonexistent/exported"),
-    refused("load_predictor with threshold 2", lambda ws: _load(ws.world.export, threshold=2.0)(ws),
-            "threshold"),
+    refused(
+        "load_predictor with threshold 2", lambda ws: _load(ws.world.export, threshold=2.0)(ws), "threshold"
+    ),
     refused("load_predictor with provider tpu", lambda ws: _load(ws.world.export, provider="tpu")(ws), "tpu"),
-    refused("load_predictor with backend 'keras'", lambda ws: _load(ws.world.export, backend="keras")(ws),
-            "keras"),
+    refused(
+        "load_predictor with backend 'keras'", lambda ws: _load(ws.world.export, backend="keras")(ws), "keras"
+    ),
     refused("evaluate(123)", _evaluate(123), "123"),
     refused("evaluate(None)", _evaluate(None), "None"),
     refused("evaluate with resamples=0", _evaluate(resamples=0), "resamples"),

@@ -87,21 +87,60 @@ class World:
 
     @property
     def classifier(self) -> Path:
-        return self._build("cls", ["train", "classifier", "--dataset", "busi", "--data-dir", str(self.data),
-                                   "--image-size", str(self.CLASSIFIER_SIZE), "--epochs", "1",
-                                   "--device", "cpu", "--cache", "none", "-q"])
+        return self._build(
+            "cls",
+            [
+                "train",
+                "classifier",
+                "--dataset",
+                "busi",
+                "--data-dir",
+                str(self.data),
+                "--image-size",
+                str(self.CLASSIFIER_SIZE),
+                "--epochs",
+                "1",
+                "--device",
+                "cpu",
+                "--cache",
+                "none",
+                "-q",
+            ],
+        )
 
     @property
     def segmenter(self) -> Path:
-        return self._build("seg", ["train", "segmenter", "--dataset", "busi", "--data-dir", str(self.data),
-                                   "--image-size", str(self.SEGMENTER_SIZE), "--base-channels", "4",
-                                   "--epochs", "1", "--aid", str(self.classifier), "--device", "cpu",
-                                   "--cache", "none", "-q"])
+        return self._build(
+            "seg",
+            [
+                "train",
+                "segmenter",
+                "--dataset",
+                "busi",
+                "--data-dir",
+                str(self.data),
+                "--image-size",
+                str(self.SEGMENTER_SIZE),
+                "--base-channels",
+                "4",
+                "--epochs",
+                "1",
+                "--aid",
+                str(self.classifier),
+                "--device",
+                "cpu",
+                "--cache",
+                "none",
+                "-q",
+            ],
+        )
 
     @property
     def export(self) -> Path:
-        return self._build("exported", ["export", "onnx", "--classifier", str(self.classifier),
-                                        "--segmenter", str(self.segmenter)])
+        return self._build(
+            "exported",
+            ["export", "onnx", "--classifier", str(self.classifier), "--segmenter", str(self.segmenter)],
+        )
 
     def images(self) -> list[Path]:
         """The data set's images (no masks), sorted."""
@@ -137,8 +176,18 @@ class Workspace:
 
     def predict_args(self, folder: Path, *extra: str, out: str = "out") -> list[str]:
         """``dlmi predict --aided FOLDER`` with the shared export, into ws/out, on the CPU."""
-        return ["predict", "--aided", str(folder), "--models", str(self.world.export), "--out",
-                str(self.root / out), "--provider", "cpu", *extra]
+        return [
+            "predict",
+            "--aided",
+            str(folder),
+            "--models",
+            str(self.world.export),
+            "--out",
+            str(self.root / out),
+            "--provider",
+            "cpu",
+            *extra,
+        ]
 
 
 # --- running a case --------------------------------------------------------------------------------------
@@ -171,9 +220,11 @@ def run_in_process(args: Sequence[str]) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def run_subprocess(args: Sequence[str], timeout: float,
-                   memory_gib: float | None = None) -> tuple[int | None, str, str, bool]:
+def run_subprocess(
+    args: Sequence[str], timeout: float, memory_gib: float | None = None
+) -> tuple[int | None, str, str, bool]:
     """``python -m dlmi ARGS``: (exit status or None, stdout, stderr, timed out)."""
+
     def limit() -> None:
         if memory_gib is not None:
             import resource
@@ -181,10 +232,19 @@ def run_subprocess(args: Sequence[str], timeout: float,
             size = int(memory_gib * 2**30)
             resource.setrlimit(resource.RLIMIT_AS, (size, size))
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    process = subprocess.Popen([sys.executable, "-m", "dlmi", *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
-                               preexec_fn=limit)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dlmi", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+        preexec_fn=limit,
+    )
     try:
         out, err = process.communicate(timeout=timeout)
         return process.returncode, out, err, False
@@ -224,8 +284,9 @@ def _run_case(case: Case, ws: Workspace) -> tuple[Verdict, RunRecord]:
             err.write(traceback.format_exc())
         record.stdout, record.stderr = out.getvalue(), err.getvalue()
     elif case.subprocess:
-        record.code, record.stdout, record.stderr, record.timed_out = run_subprocess(invocation, case.timeout,
-                                                                                    case.memory_gib)
+        record.code, record.stdout, record.stderr, record.timed_out = run_subprocess(
+            invocation, case.timeout, case.memory_gib
+        )
     else:
         try:
             record.code, record.stdout, record.stderr = run_in_process(invocation)
@@ -241,6 +302,12 @@ def _run_case(case: Case, ws: Workspace) -> tuple[Verdict, RunRecord]:
             case.check(record)
         except Exception as exc:  # noqa: BLE001 - a failed (or broken) check is a wrong result
             check_error = f"check failed: {type(exc).__name__}: {exc}"[:300]
-    verdict = classify(record, expect=case.expect, check_error=check_error, names=case.names, handled_codes=case.handled_codes,
-                       mutable=case.mutable)
+    verdict = classify(
+        record,
+        expect=case.expect,
+        check_error=check_error,
+        names=case.names,
+        handled_codes=case.handled_codes,
+        mutable=case.mutable,
+    )
     return verdict, record

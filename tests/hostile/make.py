@@ -34,10 +34,12 @@ def raw(path: Path, data: bytes) -> Path:
 
 
 def png_with_header(path: Path, width: int, height: int) -> Path:
-    """A PNG whose IHDR claims ``width``×``height`` but holds one row of data (a decompression bomb's header)."""
+    """A PNG whose IHDR claims ``width``×``height`` and holds almost no data (a bomb's header)."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     chunks = [(b"IHDR", ihdr), (b"IDAT", zlib.compress(b"\x00" * 64)), (b"IEND", b"")]
-    body = b"".join(struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d)) for t, d in chunks)
+    body = b"".join(
+        struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d)) for t, d in chunks
+    )
     return raw(path, b"\x89PNG\r\n\x1a\n" + body)
 
 
@@ -91,7 +93,9 @@ def same_prediction(record: RunRecord, a: str, b: str, out: str = "out") -> None
     """Files a and b got the same class, gate and lesion size."""
     table = rows(record, out)
     for column in ("class", "gated", "lesion_pixels"):
-        assert table[a][column] == table[b][column], f"{column}: {a} {table[a][column]} != {b} {table[b][column]}"
+        assert table[a][column] == table[b][column], (
+            f"{column}: {a} {table[a][column]} != {b} {table[b][column]}"
+        )
 
 
 def says(record: RunRecord, *words: str) -> None:

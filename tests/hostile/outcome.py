@@ -65,13 +65,21 @@ def lost_files(record: RunRecord, mutable: tuple[str, ...] = ()) -> list[str]:
     return sorted(lost)
 
 
-def classify(record: RunRecord, *, expect: str, check_error: str | None, names: tuple[str, ...],
-             handled_codes: tuple[int, ...] = (0,), mutable: tuple[str, ...] = ()) -> Verdict:
+def classify(
+    record: RunRecord,
+    *,
+    expect: str,
+    check_error: str | None,
+    names: tuple[str, ...],
+    handled_codes: tuple[int, ...] = (0,),
+    mutable: tuple[str, ...] = (),
+) -> Verdict:
     """One of OUTCOMES for ``record``.
 
     ``check_error``: None when the case's check of the output passed, else why it failed (only looked at for
     an exit status in ``handled_codes``). A case that ``expect``s a refusal and finishes with a handled
-    status has accepted a wrong input without a word: silent-wrong. ``names``: what a refusal must name (each, case-insensitively).
+    status has accepted a wrong input without a word: silent-wrong. ``names``: what a refusal must
+    name (each, case-insensitively).
     """
     if record.timed_out:
         return Verdict(HANG, f"still running after {record.elapsed:.0f} s")
@@ -92,10 +100,13 @@ def classify(record: RunRecord, *, expect: str, check_error: str | None, names: 
     if record.code == 0:  # exit 0 is not a refusal, even when the case's handled_codes leave it out
         return Verdict(SILENT_WRONG, f"exit 0 where {handled_codes} was the handled status")
     if len(lines) != 1:
-        return Verdict(UNCLEAR, f"exit {record.code} with {len(lines)} message lines: "
-                                f"{' | '.join(lines)[:200]!r}")
+        return Verdict(
+            UNCLEAR, f"exit {record.code} with {len(lines)} message lines: {' | '.join(lines)[:200]!r}"
+        )
     message = lines[0].replace(str(record.workspace), "WS") if record.workspace else lines[0]
     missing = [n for n in names if _words(n) not in _words(message)]  # not satisfied by the case's own path
     if missing:
-        return Verdict(UNCLEAR, f"exit {record.code}, the message does not name {missing}: {lines[0][:200]!r}")
+        return Verdict(
+            UNCLEAR, f"exit {record.code}, the message does not name {missing}: {lines[0][:200]!r}"
+        )
     return Verdict(REFUSED, f"exit {record.code}: {lines[0][:200]}")

@@ -17,8 +17,19 @@ from collections.abc import Callable, Iterator
 from hostile.harness import Case, Workspace
 from hostile.outcome import HANDLED, REFUSED, RunRecord
 
-SEGMENTER = ["--image-size", "32", "--base-channels", "4", "--epochs", "1", "--device", "cpu", "--cache", "none",
-             "-q"]
+SEGMENTER = [
+    "--image-size",
+    "32",
+    "--base-channels",
+    "4",
+    "--epochs",
+    "1",
+    "--device",
+    "cpu",
+    "--cache",
+    "none",
+    "-q",
+]
 
 # A tiny dataset plugin: 12 generated 32 px images (4 per class) whose ``samples``/``load`` a case replaces.
 DATASET = """
@@ -102,23 +113,34 @@ def plugin_site(ws: Workspace) -> Iterator[None]:
         reset_plugins()
 
 
-def plugin(label: str, source: str, args: Callable[[Workspace], list[str]], expect: str, *,
-           names: tuple[str, ...] = (), check: Callable[[RunRecord], None] | None = None,
-           dist: str = "dlmi-hostile") -> Case:
+def plugin(
+    label: str,
+    source: str,
+    args: Callable[[Workspace], list[str]],
+    expect: str,
+    *,
+    names: tuple[str, ...] = (),
+    check: Callable[[RunRecord], None] | None = None,
+    dist: str = "dlmi-hostile",
+) -> Case:
     """Install a plugin ``dist`` of ``source`` and run ``dlmi ARGS``."""
+
     def run(ws: Workspace) -> list[str]:
         install(ws.path("site"), dist, dist.replace("-", "_"), source)
         return args(ws)
+
     return Case("plugins", label, expect, run, names=names, check=check, context=plugin_site)
 
 
 def _listing(*words: str, present: tuple[str, ...] = ()) -> Callable[[RunRecord], None]:
     """``dlmi plugins --json`` worked, warns naming ``words`` and lists ``present`` names."""
+
     def check(record: RunRecord) -> None:
         for word in words:
             assert word in record.stderr, f"stderr does not name {word}: {record.stderr[-300:]}"
         names = {row["name"] for row in json.loads(record.stdout)["plugins"]}
         assert set(present) <= names, f"missing {set(present) - names}"
+
     return check
 
 
@@ -126,11 +148,17 @@ def _builtin_help(record: RunRecord) -> None:
     assert "Predict a lesion mask" in " ".join(record.stdout.split()), record.stdout[:300]
 
 
-def _train(dataset: str = "tiny", command: str = "segmenter", *extra: str) -> Callable[[Workspace], list[str]]:
+def _train(
+    dataset: str = "tiny", command: str = "segmenter", *extra: str
+) -> Callable[[Workspace], list[str]]:
     def run(ws: Workspace) -> list[str]:
-        options = SEGMENTER if command != "classifier" else ["--image-size", "64", "--epochs", "1", "--device",
-                                                             "cpu", "--cache", "none", "-q"]
+        options = (
+            SEGMENTER
+            if command != "classifier"
+            else ["--image-size", "64", "--epochs", "1", "--device", "cpu", "--cache", "none", "-q"]
+        )
         return ["train", command, "--dataset", dataset, *options, *extra, "--out", str(ws.path("run"))]
+
     return run
 
 
@@ -138,26 +166,56 @@ PLUGINS = ["plugins", "--json"]
 
 
 def _dataset(extra: str = "", factory: str = "Tiny") -> str:
-    return DATASET.replace("{extra}", textwrap.indent(textwrap.dedent(extra), "    ")).replace("{factory}", factory)
+    return DATASET.replace("{extra}", textwrap.indent(textwrap.dedent(extra), "    ")).replace(
+        "{factory}", factory
+    )
 
 
 CASES = [
-    plugin("a plugin whose import raises", "raise ImportError('needs libfoo')", lambda ws: PLUGINS, HANDLED,
-           check=_listing("dlmi-hostile", present=("unet",))),
-    plugin("a plugin with a syntax error", "def broken(:\n", lambda ws: PLUGINS, HANDLED,
-           check=_listing("dlmi-hostile", present=("unet",))),
-    plugin("a plugin whose import calls sys.exit(7)", "import sys\nsys.exit(7)", lambda ws: PLUGINS, HANDLED,
-           check=_listing("dlmi-hostile", present=("unet",))),
-    plugin("a plugin whose import calls sys.exit(7), then --help", "import sys\nsys.exit(7)",
-           lambda ws: ["--help"], HANDLED, check=lambda r: None if "predict" in r.stdout else _no("help")),
-    plugin("a hook that raises", """
+    plugin(
+        "a plugin whose import raises",
+        "raise ImportError('needs libfoo')",
+        lambda ws: PLUGINS,
+        HANDLED,
+        check=_listing("dlmi-hostile", present=("unet",)),
+    ),
+    plugin(
+        "a plugin with a syntax error",
+        "def broken(:\n",
+        lambda ws: PLUGINS,
+        HANDLED,
+        check=_listing("dlmi-hostile", present=("unet",)),
+    ),
+    plugin(
+        "a plugin whose import calls sys.exit(7)",
+        "import sys\nsys.exit(7)",
+        lambda ws: PLUGINS,
+        HANDLED,
+        check=_listing("dlmi-hostile", present=("unet",)),
+    ),
+    plugin(
+        "a plugin whose import calls sys.exit(7), then --help",
+        "import sys\nsys.exit(7)",
+        lambda ws: ["--help"],
+        HANDLED,
+        check=lambda r: None if "predict" in r.stdout else _no("help"),
+    ),
+    plugin(
+        "a hook that raises",
+        """
         from dlmi import hookimpl
 
         @hookimpl
         def dlmi_register_models(register):
             raise RuntimeError("boom in the hook")
-    """, lambda ws: PLUGINS, HANDLED, check=_listing("dlmi-hostile", present=("unet",))),
-    plugin("a plugin command named predict", """
+    """,
+        lambda ws: PLUGINS,
+        HANDLED,
+        check=_listing("dlmi-hostile", present=("unet",)),
+    ),
+    plugin(
+        "a plugin command named predict",
+        """
         from dlmi import hookimpl
 
         @hookimpl
@@ -166,81 +224,232 @@ CASES = [
             def predict():
                 "Not the built-in."
                 print("hijacked")
-    """, lambda ws: ["predict", "--help"], HANDLED, check=_builtin_help),
-    plugin("a plugin registering the built-in name unet", """
+    """,
+        lambda ws: ["predict", "--help"],
+        HANDLED,
+        check=_builtin_help,
+    ),
+    plugin(
+        "a plugin registering the built-in name unet",
+        """
         from dlmi import hookimpl
 
         @hookimpl
         def dlmi_register_models(register):
             register("unet", lambda **kw: None, task="segmentation")
-    """, lambda ws: PLUGINS, REFUSED, names=("unet", "built-in")),
-    plugin("a plugin registering one name twice", """
+    """,
+        lambda ws: PLUGINS,
+        REFUSED,
+        names=("unet", "built-in"),
+    ),
+    plugin(
+        "a plugin registering one name twice",
+        """
         from dlmi import hookimpl
 
         @hookimpl
         def dlmi_register_losses(register):
             register("twice", lambda: 1, task="segmentation")
             register("twice", lambda: 2, task="segmentation")
-    """, lambda ws: PLUGINS, REFUSED, names=("twice",)),
-    plugin("a plugin registering a non-callable loss, used", """
+    """,
+        lambda ws: PLUGINS,
+        REFUSED,
+        names=("twice",),
+    ),
+    plugin(
+        "a plugin registering a non-callable loss, used",
+        """
         from dlmi import hookimpl
 
         @hookimpl
         def dlmi_register_losses(register):
             register("not-callable", 42, task="segmentation")
-    """, lambda ws: ["train", "segmenter", "--dataset", "busi", "--data-dir", str(ws.world.data), "--loss",
-                     "not-callable", *SEGMENTER, "--out", str(ws.path("run"))], REFUSED, names=("not-callable",)),
-    plugin("a dataset plugin that trains", _dataset(), _train(), HANDLED,
-           check=lambda r: None if (r.workspace / "run" / "best.pt").is_file() else _no("best.pt")),
-    plugin("a dataset whose samples() returns nothing", _dataset("""
+    """,
+        lambda ws: [
+            "train",
+            "segmenter",
+            "--dataset",
+            "busi",
+            "--data-dir",
+            str(ws.world.data),
+            "--loss",
+            "not-callable",
+            *SEGMENTER,
+            "--out",
+            str(ws.path("run")),
+        ],
+        REFUSED,
+        names=("not-callable",),
+    ),
+    plugin(
+        "a dataset plugin that trains",
+        _dataset(),
+        _train(),
+        HANDLED,
+        check=lambda r: None if (r.workspace / "run" / "best.pt").is_file() else _no("best.pt"),
+    ),
+    plugin(
+        "a dataset whose samples() returns nothing",
+        _dataset(
+            """
         class Empty(Tiny):
             def samples(self, data_dir):
                 return []
-    """, "Empty"), _train(), REFUSED, names=("tiny",)),
-    plugin("a dataset whose load() raises", _dataset("""
+    """,
+            "Empty",
+        ),
+        _train(),
+        REFUSED,
+        names=("tiny",),
+    ),
+    plugin(
+        "a dataset whose load() raises",
+        _dataset(
+            """
         class Raising(Tiny):
             def load(self, sample):
                 raise OSError("the PACS is down")
-    """, "Raising"), _train(), REFUSED, names=("tiny", "PACS is down")),
-    plugin("a dataset whose load() returns a float image", _dataset("""
+    """,
+            "Raising",
+        ),
+        _train(),
+        REFUSED,
+        names=("tiny", "PACS is down"),
+    ),
+    plugin(
+        "a dataset whose load() returns a float image",
+        _dataset(
+            """
         class Floats(Tiny):
             def load(self, sample):
                 image, mask = super().load(sample)
                 return image / 255.0, mask
-    """, "Floats"), _train(), REFUSED, names=("tiny",)),
-    plugin("a dataset whose mask has another size", _dataset("""
+    """,
+            "Floats",
+        ),
+        _train(),
+        REFUSED,
+        names=("tiny",),
+    ),
+    plugin(
+        "a dataset whose mask has another size",
+        _dataset(
+            """
         class Sizes(Tiny):
             def load(self, sample):
                 image, mask = super().load(sample)
                 return image, mask[:16]
-    """, "Sizes"), _train(), REFUSED, names=("tiny",)),
-    plugin("a dataset with no classes", _dataset("""
+    """,
+            "Sizes",
+        ),
+        _train(),
+        REFUSED,
+        names=("tiny",),
+    ),
+    plugin(
+        "a dataset with no classes",
+        _dataset(
+            """
         class NoClasses(Tiny):
             classes = ()
-    """, "NoClasses"), _train(), REFUSED, names=("tiny",)),
-    plugin("a dataset whose factory raises", _dataset("""
+    """,
+            "NoClasses",
+        ),
+        _train(),
+        REFUSED,
+        names=("tiny",),
+    ),
+    plugin(
+        "a dataset whose factory raises",
+        _dataset(
+            """
         def failing():
             raise RuntimeError("no licence")
-    """, "failing"), _train(), REFUSED, names=("tiny", "no licence")),
-    plugin("a model with 7 logits for 3 classes", MODEL.replace(
-        "{forward}", "return self.linear(x.mean(dim=(1, 2, 3))[:, None])"),
-        lambda ws: ["train", "classifier", "--dataset", "busi", "--data-dir", str(ws.world.data), "--model", "odd",
-                    "--image-size", "64", "--epochs", "1", "--device", "cpu", "-q", "--out", str(ws.path("run"))],
-        REFUSED, names=("odd", "7")),
-    plugin("a model returning a string", MODEL.replace("{forward}", "return 'logits'"),
-           lambda ws: ["train", "classifier", "--dataset", "busi", "--data-dir", str(ws.world.data), "--model",
-                       "odd", "--image-size", "64", "--epochs", "1", "--device", "cpu", "-q",
-                       "--out", str(ws.path("run"))],
-           REFUSED, names=("odd",)),
-    plugin("a model factory that rejects the options", """
+    """,
+            "failing",
+        ),
+        _train(),
+        REFUSED,
+        names=("tiny", "no licence"),
+    ),
+    plugin(
+        "a model with 7 logits for 3 classes",
+        MODEL.replace("{forward}", "return self.linear(x.mean(dim=(1, 2, 3))[:, None])"),
+        lambda ws: [
+            "train",
+            "classifier",
+            "--dataset",
+            "busi",
+            "--data-dir",
+            str(ws.world.data),
+            "--model",
+            "odd",
+            "--image-size",
+            "64",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "-q",
+            "--out",
+            str(ws.path("run")),
+        ],
+        REFUSED,
+        names=("odd", "7"),
+    ),
+    plugin(
+        "a model returning a string",
+        MODEL.replace("{forward}", "return 'logits'"),
+        lambda ws: [
+            "train",
+            "classifier",
+            "--dataset",
+            "busi",
+            "--data-dir",
+            str(ws.world.data),
+            "--model",
+            "odd",
+            "--image-size",
+            "64",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "-q",
+            "--out",
+            str(ws.path("run")),
+        ],
+        REFUSED,
+        names=("odd",),
+    ),
+    plugin(
+        "a model factory that rejects the options",
+        """
         from dlmi import hookimpl
 
         @hookimpl
         def dlmi_register_models(register):
             register("picky", lambda: None, task="segmentation")
-    """, lambda ws: ["train", "segmenter", "--dataset", "busi", "--data-dir", str(ws.world.data), "--model",
-                     "picky", *SEGMENTER, "--out", str(ws.path("run"))], REFUSED, names=("picky",)),
-    plugin("a loss returning NaN", """
+    """,
+        lambda ws: [
+            "train",
+            "segmenter",
+            "--dataset",
+            "busi",
+            "--data-dir",
+            str(ws.world.data),
+            "--model",
+            "picky",
+            *SEGMENTER,
+            "--out",
+            str(ws.path("run")),
+        ],
+        REFUSED,
+        names=("picky",),
+    ),
+    plugin(
+        "a loss returning NaN",
+        """
         import torch
         from dlmi import hookimpl
 
@@ -251,8 +460,23 @@ CASES = [
         @hookimpl
         def dlmi_register_losses(register):
             register("nan-loss", NanLoss, task="segmentation")
-    """, lambda ws: ["train", "segmenter", "--dataset", "busi", "--data-dir", str(ws.world.data), "--loss",
-                     "nan-loss", *SEGMENTER, "--out", str(ws.path("run"))], REFUSED, names=("nan",)),
+    """,
+        lambda ws: [
+            "train",
+            "segmenter",
+            "--dataset",
+            "busi",
+            "--data-dir",
+            str(ws.world.data),
+            "--loss",
+            "nan-loss",
+            *SEGMENTER,
+            "--out",
+            str(ws.path("run")),
+        ],
+        REFUSED,
+        names=("nan",),
+    ),
 ]
 
 
