@@ -210,8 +210,8 @@ def int8_speed(models: Path, images: list[np.ndarray], threads: int, rounds: int
     import onnxruntime as ort
 
     from dlmi.export.metadata import read_metadata
-    from dlmi.inference.preprocess import model_input
-    from dlmi.inference.providers import session_options
+    from dlmi.runtime.preprocess import model_input
+    from dlmi.runtime.providers import session_options
 
     result: dict[str, Any] = {}
     # The U-Net takes any size: also at 256 px, where the convolutions weigh more than the overheads.

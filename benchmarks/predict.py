@@ -48,13 +48,13 @@ from dlmi.export.onnx_export import export_onnx
 from dlmi.imageio import read_grey, read_mask
 from dlmi.inference.folder import PredictSettings, predict_folder
 from dlmi.inference.predictor import open_predictor
-from dlmi.inference.preprocess import model_input
-from dlmi.inference.providers import open_session, session_options
 from dlmi.metrics.segmentation import EMPTY_MASK_RULE, IOU_DEFINITION, iou
 from dlmi.plugins import create_model
+from dlmi.runtime.checkpoint import save_checkpoint
+from dlmi.runtime.preprocess import model_input
+from dlmi.runtime.providers import open_session, session_options
 from dlmi.runtime.trained import build_meta, load_trained
 from dlmi.runtime.two_stage import TwoStage
-from dlmi.training.folder.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 BUSI_CLASSES = ("normal", "benign", "malignant")

@@ -70,8 +70,8 @@ def make_models(folder: Path) -> None:
     import torch
 
     from dlmi.plugins import create_model
+    from dlmi.runtime.checkpoint import save_checkpoint
     from dlmi.runtime.trained import build_meta
-    from dlmi.training.folder.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     work = folder.parent / (folder.name + "-checkpoints")

@@ -29,9 +29,9 @@ from dlmi.dicom import (
     iter_dicom_frames,
     read_dicom_grey,
 )
+from dlmi.discovery import find_images
 from dlmi.errors import DlmiError
 from dlmi.imageio import image_size, image_stem, is_image_file, read_grey, read_mask
-from dlmi.inference.discovery import find_images
 from dlmi.plugins import get_dataset
 
 BUNDLED = Path(pydicom.__file__).parent / "data" / "test_files"

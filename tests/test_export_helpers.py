@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from dlmi.plugins import create_model
+from dlmi.runtime.checkpoint import save_checkpoint
 from dlmi.runtime.trained import build_meta
-from dlmi.training.folder.checkpoint import save_checkpoint
 
 CLASSES = ("normal", "benign", "malignant")
 CLASSIFIER_SIZE = 64

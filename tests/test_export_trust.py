@@ -23,8 +23,8 @@ from dlmi.errors import DlmiError
 from dlmi.export.metadata import read_checked_metadata, read_manifest
 from dlmi.export.onnx_export import export_onnx
 from dlmi.inference.predictor import open_predictor
+from dlmi.runtime.checkpoint import save_checkpoint
 from dlmi.training.config import TrainConfig
-from dlmi.training.folder.checkpoint import save_checkpoint
 from dlmi.training.steps.aid import load_aid
 
 

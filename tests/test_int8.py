@@ -53,8 +53,8 @@ def exported(runs, tmp_path_factory) -> Path:
 
 def val_images(seg_run: Path, size: int) -> np.ndarray:
     """The segmenter run's val-side images as model inputs, read here independently of dlmi.export."""
-    from dlmi.inference.preprocess import model_input
     from dlmi.plugins import get_dataset
+    from dlmi.runtime.preprocess import model_input
     from dlmi.splits import load_split, split_samples
 
     source = get_dataset("synthetic")

@@ -14,11 +14,11 @@ from dlmi.errors import DlmiError
 from dlmi.export.metadata import read_metadata
 from dlmi.export.onnx_export import export_onnx
 from dlmi.plugins import create_model
+from dlmi.runtime.checkpoint import save_checkpoint
 from dlmi.runtime.ensemble import JointEnsemble, load_ensemble
 from dlmi.runtime.gating import EMPTY_LOGIT
 from dlmi.runtime.trained import build_meta, load_trained
 from dlmi.runtime.two_stage import JointPipeline
-from dlmi.training.folder.checkpoint import save_checkpoint
 from dlmi.training.steps.joint import JointSteps
 
 CLASSES = ("normal", "benign", "malignant")

@@ -10,11 +10,10 @@ import pytest
 from PIL import Image
 
 from dlmi.cli.main import run
-from dlmi.datasets.loader import ImageDataset
+from dlmi.datasets.loader import EvalImages, ImageDataset
 from dlmi.datasets.synthetic import SyntheticDataset
 from dlmi.errors import DlmiError
 from dlmi.evaluation.masks import evaluate_masks, read_binary_mask
-from dlmi.evaluation.predict import EvalImages
 from dlmi.imageio import read_grey, read_mask
 
 LESION = np.zeros((16, 16), dtype=bool)

@@ -28,9 +28,9 @@ from dlmi.datasets.loader import resize_image
 from dlmi.evaluation.evaluator import Evaluator, load_inputs
 from dlmi.export.onnx_export import FP32_TOLERANCE
 from dlmi.export.quantize import MIN_CLASS_AGREEMENT, MIN_MASK_DICE
-from dlmi.inference.preprocess import model_input
 from dlmi.plugins import get_dataset
 from dlmi.runtime.gating import Gate
+from dlmi.runtime.preprocess import model_input
 from dlmi.runtime.trained import load_trained
 from dlmi.splits import load_split, split_samples
 

@@ -23,8 +23,8 @@ from dlmi.imageio import read_grey
 from dlmi.inference.folder import PredictSettings, predict_folder
 from dlmi.inference.outputs import output_stems
 from dlmi.inference.predictor import open_predictor
-from dlmi.inference.preprocess import model_input
 from dlmi.inference.tiling import hann_window, segment_tiled, tile_starts
+from dlmi.runtime.preprocess import model_input
 from dlmi.runtime.trained import load_trained
 
 BUSI_FILES = ["benign/benign (1).png", "malignant/malignant (1).png", "normal/normal (1).png"]
@@ -267,7 +267,7 @@ def test_output_names_keep_the_full_file_name():
 
 
 def test_exclude_patterns_and_non_images_are_left_out(tmp_path):
-    from dlmi.inference.discovery import find_images
+    from dlmi.discovery import find_images
 
     for name in ("a.png", "a_mask.png", "sub/B_MASK_1.PNG", "sub/c.TIF", "notes.txt", "sub/d.jpeg.txt"):
         path = tmp_path / name

@@ -470,7 +470,7 @@ class ImagePredictor:
 
     def predict(self, image: np.ndarray) -> Prediction:
         """Predict one image: numpy (H, W) or (H, W, C); see :func:`as_grey` for the values accepted."""
-        from dlmi.inference.preprocess import model_input, resize_probabilities
+        from dlmi.runtime.preprocess import model_input, resize_probabilities
 
         grey = as_grey(image)
         height, width = grey.shape

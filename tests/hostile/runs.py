@@ -126,7 +126,7 @@ def _export(
 
 def _other_dataset(ws: Workspace) -> Path:
     """The segmenter's best.pt, re-labelled as trained on brain_mri with two classes."""
-    from dlmi.training.folder.checkpoint import load_checkpoint, save_checkpoint
+    from dlmi.runtime.checkpoint import load_checkpoint, save_checkpoint
 
     payload = load_checkpoint(ws.world.segmenter / "best.pt")
     payload["meta"] = {

@@ -94,3 +94,16 @@ class ImageDataset:
             "label": torch.tensor(self.samples[index].label, dtype=torch.long),
             "index": index,
         }
+
+
+class EvalImages(ImageDataset):
+    """Each sample as training's loader reads and resizes it (:class:`ImageDataset`, no augmentation), with
+    the mask as bool (S, S) for scoring: ``{"image": (1,S,S) float 0–1, "mask", "label", "index"}``."""
+
+    def __init__(self, source: DatasetSource, samples: Sequence[Sample], size: int) -> None:
+        super().__init__(source, samples, int(size))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = super().__getitem__(index)
+        item["mask"] = item["mask"][0].bool()
+        return item

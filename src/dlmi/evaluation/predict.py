@@ -15,21 +15,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from dlmi.datasets.base import DatasetSource, Sample
-from dlmi.datasets.loader import ImageDataset
+from dlmi.datasets.loader import EvalImages
 from dlmi.errors import DlmiError
-
-
-class EvalImages(ImageDataset):
-    """Each sample as training's loader reads and resizes it (:class:`ImageDataset`, no augmentation), with
-    the mask as bool (S, S) for scoring: ``{"image": (1,S,S) float 0–1, "mask", "label", "index"}``."""
-
-    def __init__(self, source: DatasetSource, samples: Sequence[Sample], size: int) -> None:
-        super().__init__(source, samples, int(size))
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        item = super().__getitem__(index)
-        item["mask"] = item["mask"][0].bool()
-        return item
 
 
 @dataclass

@@ -115,8 +115,8 @@ def training_progress(trained: Any) -> dict[str, Any] | None:
     """``{"epochs_done", "epochs_planned", "complete"}`` of the run(s) behind a trained model: the epoch of
     each run's ``last.pt`` against its ``config.json``'s epochs (an ensemble: its least trained member).
     ``None`` for a bare checkpoint, which says nothing of the plan."""
+    from dlmi.runtime.checkpoint import load_checkpoint
     from dlmi.training.config import TrainConfig
-    from dlmi.training.folder.checkpoint import load_checkpoint
     from dlmi.training.folder.run_folder import RunFolder
 
     runs = [m.run_dir for m in getattr(trained, "members", None) or [trained]]

@@ -143,8 +143,8 @@ def _spread(count: int, limit: int) -> list[int]:
 
 def folder_images(folder: str | os.PathLike[str], limit: int) -> ImageSet:
     """Up to ``limit`` images under ``folder`` (recursively, as ``dlmi predict`` finds them)."""
+    from dlmi.discovery import find_images
     from dlmi.imageio import read_grey
-    from dlmi.inference.discovery import find_images
 
     folder = Path(folder)
     files = find_images(folder)
@@ -205,7 +205,7 @@ def run_side_images(run_dir: str | os.PathLike[str], side: str, limit: int,
 
 def _inputs(images: Sequence[np.ndarray], size: int) -> np.ndarray:
     """(N, 1, S, S) float32 model inputs, preprocessed exactly as ``dlmi predict`` does."""
-    from dlmi.inference.preprocess import model_input
+    from dlmi.runtime.preprocess import model_input
 
     return np.stack([model_input(image, size) for image in images]).astype(np.float32)
 
@@ -217,7 +217,7 @@ def _batches(inputs: np.ndarray) -> list[np.ndarray]:
 def _session(path_or_bytes: Path | bytes, threads: int | None):
     import onnxruntime as ort
 
-    from dlmi.inference.providers import session_options
+    from dlmi.runtime.providers import session_options
 
     source = str(path_or_bytes) if isinstance(path_or_bytes, Path) else path_or_bytes
     return ort.InferenceSession(source, session_options(threads), providers=["CPUExecutionProvider"])

@@ -34,9 +34,9 @@ from typing import Any
 import numpy as np
 
 from dlmi.dicom import dicom_references, is_dicom_file, read_dicom_grey, read_header
+from dlmi.discovery import ImageListing, scan_images
 from dlmi.errors import DlmiError
 from dlmi.imageio import PIL_SUFFIXES, read_grey
-from dlmi.inference.discovery import ImageListing, scan_images
 from dlmi.inference.outputs import (
     CLASSIFY_MODE,
     OutputLock,
@@ -57,9 +57,9 @@ from dlmi.inference.outputs import (
     write_tables,
 )
 from dlmi.inference.predictor import Predictor
-from dlmi.inference.preprocess import as_float, model_input, resize_probabilities
-from dlmi.inference.providers import clamp_threads
 from dlmi.inference.tiling import segment_tiled
+from dlmi.runtime.preprocess import as_float, model_input, resize_probabilities
+from dlmi.runtime.providers import clamp_threads
 
 PROGRESS_EVERY = 100
 AIDED_MODE, SEGMENTER_MODE = "aided", "segmenter"

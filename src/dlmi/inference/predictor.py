@@ -20,8 +20,8 @@ import numpy as np
 from dlmi.datasets.base import normal_index
 from dlmi.digest import file_digest
 from dlmi.errors import DlmiError
-from dlmi.inference.providers import clamp_threads, open_session, torch_device
 from dlmi.runtime.gating import Gate
+from dlmi.runtime.providers import clamp_threads, open_session, torch_device
 
 BACKENDS = ("onnx", "torch")
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from dlmi.datasets.base import normal_index
 from dlmi.errors import DlmiError
-from dlmi.training.folder.checkpoint import load_checkpoint
+from dlmi.runtime.checkpoint import load_checkpoint
 
 BEST_CHECKPOINT = "best.pt"
 LAST_CHECKPOINT = "last.pt"

@@ -148,7 +148,7 @@ def check_same_member(run: Path, member: TrainConfig) -> None:
 def out_of_fold(out: Path, members: list[str], *, flip_tta: bool, device: str = "cpu") -> dict[str, Any]:
     """Every development image predicted by the member that did not train on it (its ``last.pt``): class
     probs, and for joint members mask probs and true masks (``None`` for classifiers)."""
-    from dlmi.evaluation.predict import EvalImages
+    from dlmi.datasets.loader import EvalImages
     from dlmi.runtime.ensemble import ClassifierEnsemble, JointEnsemble
     from dlmi.runtime.trained import load_trained
     from dlmi.splits import load_split, split_samples

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from dlmi.errors import DlmiError
+from dlmi.runtime.checkpoint import save_checkpoint
 from dlmi.training.compute.distributed import (
     SINGLE_PROCESS,
     DistributedContext,
@@ -32,7 +33,6 @@ from dlmi.training.compute.distributed import (
 from dlmi.training.compute.precision import Precision
 from dlmi.training.compute.rng import capture_rng
 from dlmi.training.config import TrainConfig
-from dlmi.training.folder.checkpoint import save_checkpoint
 from dlmi.training.folder.curves import plot_learning_curves
 from dlmi.training.folder.progress import TrainingProgress
 from dlmi.training.folder.run_folder import RunFolder

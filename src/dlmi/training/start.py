@@ -14,6 +14,7 @@ from dlmi.atomic import write_json_atomic
 from dlmi.datasets.base import normal_index
 from dlmi.datasets.loader import ImageDataset
 from dlmi.errors import DlmiError
+from dlmi.runtime.checkpoint import load_checkpoint
 from dlmi.runtime.trained import build_meta, build_model
 from dlmi.training.compute.distributed import (
     SINGLE_PROCESS,
@@ -37,7 +38,6 @@ from dlmi.training.data.split_data import (
     prepare_data,
     read_split,
 )
-from dlmi.training.folder.checkpoint import load_checkpoint
 from dlmi.training.folder.run_folder import RunFolder
 from dlmi.training.loop import TaskSteps, Trainer
 from dlmi.training.preflight import check_components
