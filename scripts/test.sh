@@ -6,4 +6,5 @@ bash scripts/setup-env.sh dev
 .venv/bin/ruff check src tests plugins benchmarks
 # One pytest worker per CPU (pytest-xdist), one torch/OpenMP thread each, so the workers do not oversubscribe the
 # cores: on this 2-core machine the suite took 278 s this way against 448 s in one process (same load).
-OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} .venv/bin/python -m pytest -n auto "$@"
+# --durations=15 ends the report with the 15 slowest tests, so a test that grows slow is seen.
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} .venv/bin/python -m pytest -n auto --durations=15 "$@"

@@ -69,7 +69,7 @@ def test_masks_of_every_layout_and_type_give_the_same_scores():
         iou(pred, truth[:5])
 
 
-def test_summary_names_the_empty_mask_rule_and_uses_it_for_the_seed_miou():
+def test_summary_names_the_empty_mask_rule_and_uses_it_for_miou_seed():
     size = 10
     truth = np.stack([np.zeros((size, size), bool), np.zeros((size, size), bool), square(size, 2, 2, 4)])
     pred = np.stack([np.zeros((size, size), bool), square(size, 0, 0, 1), square(size, 2, 4, 4)])

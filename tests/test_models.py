@@ -13,8 +13,8 @@ from dlmi.errors import DlmiError
 from dlmi.models.summary import summarize_module, summarize_registered
 from dlmi.plugins import load_plugins
 
-# The seed report's torchsummary table for its CNN at 512×512, 3 classes.
-SEED_TOTAL_PARAMS = 5_238_147
+# The reference report's torchsummary table for its CNN (`seed-cnn`) at 512×512, 3 classes.
+REFERENCE_TOTAL_PARAMS = 5_238_147
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +42,8 @@ def test_seed_cnn_output_shape(models, image_size, num_classes):
     assert first_linear.in_features == 256 * (image_size // 64) ** 2
 
 
-def test_seed_cnn_has_the_seed_reports_parameter_count(models):
-    assert n_params(models.create("seed-cnn", num_classes=3, image_size=512)) == SEED_TOTAL_PARAMS
+def test_seed_cnn_has_the_reference_reports_parameter_count(models):
+    assert n_params(models.create("seed-cnn", num_classes=3, image_size=512)) == REFERENCE_TOTAL_PARAMS
 
 
 def test_seed_cnn_layers_follow_the_report(models):
@@ -165,7 +165,7 @@ def test_summary_counts_macs_of_conv_transposed_conv_and_linear():
     assert [row.params for row in summary.layers] == [40, 34, 0, 2565]
 
 
-def test_summary_cli_reproduces_the_seed_table(cli):
+def test_summary_cli_reproduces_the_reference_table(cli):
     result = cli("model", "summary", "seed-cnn", "--num-classes", "3", "--image-size", "512")
     assert result.returncode == 0, result.stderr
     out = result.stdout

@@ -16,8 +16,8 @@ from PIL import Image
 
 from dlmi.experiments.best import TARGETS
 
-# The seed report's test mIoU per loss, trained unaided / aided (../shared/seed/SUMMARY.md).
-SEED_TEST_MIOU = {"bce": ("0.48947", "0.51996"), "mse": ("0.56055", "0.56304"),
+# The reference report's test mIoU per loss, trained unaided / aided (../shared/seed/SUMMARY.md).
+REFERENCE_TEST_MIOU = {"bce": ("0.48947", "0.51996"), "mse": ("0.56055", "0.56304"),
                   "dice": ("0.54007", "0.57291")}
 EXPERIMENTS = ("brain-mri-cls", "busi-cls", "busi-unet-bce", "busi-unet-mse", "busi-unet-dice",
                "busi-unet-bce-aided", "busi-unet-mse-aided", "busi-unet-dice-aided", "busi-cls-improved",
@@ -118,18 +118,19 @@ def test_reproduce_tiny_writes_all_rows_and_resumes(reproduced: dict, cli) -> No
     md = (results / "reproduce-tiny.md").read_text()
     for name in EXPERIMENTS:
         assert name in md
-    # Each row puts the seed's number beside the number this run measured (read back from its evaluation).
-    for label, key, seed_test in (("accuracy (3 classes)", "accuracy", "0.8526"),
-                                  ("detect accuracy", "detect_accuracy", "0.904")):
+    # Each row puts the reference report's number beside the number this run measured (read back from its
+    # evaluation).
+    for label, key, reference_test in (("accuracy (3 classes)", "accuracy", "0.8526"),
+                                       ("detect accuracy", "detect_accuracy", "0.904")):
         row = table_row(md, "busi-cls", label)
         measured = json.loads((out / "busi-cls" / "eval-test.json").read_text())["classification"][key]
-        assert row[3] == seed_test and row[5] == interval_text(measured), row
-    for loss, (unaided_test, aided_test) in SEED_TEST_MIOU.items():
-        for run, training, seed_test in ((f"busi-unet-{loss}", "unaided", unaided_test),
-                                         (f"busi-unet-{loss}-aided", "aided", aided_test)):
+        assert row[3] == reference_test and row[5] == interval_text(measured), row
+    for loss, (unaided_test, aided_test) in REFERENCE_TEST_MIOU.items():
+        for run, training, reference_test in ((f"busi-unet-{loss}", "unaided", unaided_test),
+                                              (f"busi-unet-{loss}-aided", "aided", aided_test)):
             row = table_row(md, loss, training, training)
             variants = json.loads((out / run / "eval-test.json").read_text())["segmentation"]["variants"]
-            assert row[4] == seed_test, row
+            assert row[4] == reference_test, row
             assert row[6] == interval_text(variants[training]["miou_seed"]), row
             assert row[8] == interval_text(variants[training]["lesion_dice"]), row
     assert "empty-mask rule" in md and "lesion Dice" in md and "Status: **complete**" in md

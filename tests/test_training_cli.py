@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
-import time
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,47 @@ def segmenter_args(data: Path, out: Path, epochs: int) -> list[str]:
     return ["train", "segmenter", "--dataset", "busi", "--data-dir", str(data), "--image-size", "64",
             "--base-channels", "4", "--batch-size", "4", "--epochs", str(epochs), "--device", "cpu",
             "--seed", "3", "--augment", "--out", str(out)]
+
+
+# ``python -c PAUSER EPOCH ARGS...``: ``dlmi ARGS`` whose first optimiser step of epoch EPOCH (after epoch
+# EPOCH-1 is on disk) says so on stdout and then waits for a signal, so that the test kills it at a known
+# point instead of after a guessed sleep. Nothing else of the run is changed.
+PAUSER = textwrap.dedent("""
+    import signal
+    import sys
+    from dlmi.cli.main import main
+    from dlmi.training.loop import Trainer
+
+    pause_in_epoch = int(sys.argv[1])
+    step = Trainer.optimizer_step
+
+    def step_then_pause(trainer):
+        step(trainer)
+        if trainer.state.epoch + 1 == pause_in_epoch:
+            print(f"paused in epoch {pause_in_epoch}", flush=True)
+            while True:
+                signal.pause()
+
+    Trainer.optimizer_step = step_then_pause
+    sys.argv = ["dlmi", *sys.argv[2:]]
+    main()
+""")
+
+
+def start_paused_training(args: list[str], pause_in_epoch: int, log: Path) -> subprocess.Popen[str]:
+    """``dlmi ARGS`` in a subprocess that pauses in epoch ``pause_in_epoch`` and says so on its stdout
+    (its stderr goes to ``log``)."""
+    with log.open("w") as stderr:
+        return subprocess.Popen([sys.executable, "-c", PAUSER, str(pause_in_epoch), *args, "--quiet"],
+                                stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                env={**os.environ, **ONE_THREAD})
+
+
+def wait_for_line(process: subprocess.Popen[str], timeout: float) -> str:
+    """The next line of the process's stdout; empty when it ends first or writes nothing for ``timeout`` s."""
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    return process.stdout.readline() if ready else ""
 
 
 def epochs_logged(run_dir: Path) -> list[int]:
@@ -94,30 +136,28 @@ def test_help_shows_examples(cli) -> None:
 
 @pytest.mark.slow
 def test_resume_after_kill_9_continues_the_same_curve(cli, tiny_busi: Path, tmp_path: Path) -> None:
+    """Killed in the middle of epoch 2 (one optimiser step past epoch 1's checkpoint), then resumed."""
     epochs = 4
     straight = tmp_path / "straight"
     done = cli(*segmenter_args(tiny_busi, straight, epochs), "--quiet", env=ONE_THREAD)
     assert done.returncode == 0, done.stderr
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "-m", "dlmi", *segmenter_args(tiny_busi, killed, epochs)],
-                               env={**os.environ, **ONE_THREAD}, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    log = tmp_path / "killed.stderr"
+    process = start_paused_training(segmenter_args(tiny_busi, killed, epochs), pause_in_epoch=2, log=log)
     try:
-        deadline = time.monotonic() + 300
-        while not (killed / "last.pt").exists() and time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.02)
-        assert (killed / "last.pt").exists(), "the first epoch's checkpoint never appeared"
-        first_epoch_seconds = json.loads((killed / "metrics.jsonl").read_text().splitlines()[0])["seconds"]
-        time.sleep(first_epoch_seconds / 2)  # into the second epoch
-        assert process.poll() is None, "the run finished before it could be killed"
+        line = wait_for_line(process, timeout=300)
+        assert line.strip() == "paused in epoch 2", log.read_text()
+        assert process.poll() is None
         os.kill(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
+        process.wait(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
+            process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL
-    assert len(epochs_logged(killed)) < epochs
+    assert epochs_logged(killed) == [1]  # epoch 2's step is lost with the process
+    assert torch.load(killed / "last.pt", weights_only=True)["epoch"] == 1
 
     resumed = cli("train", "segmenter", "--resume", str(killed), "--quiet", env=ONE_THREAD)
     assert resumed.returncode == 0, resumed.stderr

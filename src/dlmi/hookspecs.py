@@ -40,10 +40,13 @@ def dlmi_register_datasets(register: Register) -> None:
 
 @hookspec
 def dlmi_register_models(register: Register) -> None:
-    """Register models: ``register(name, factory, task="classification"|"segmentation", description="")``.
+    """Register models: ``register(name, factory, task=TASK, description="")``, TASK one of
+    ``"classification"``, ``"segmentation"``, ``"joint"``.
 
     Classification factories are called as ``factory(num_classes=K, image_size=S, **options)``;
-    segmentation factories as ``factory(in_channels=1, out_channels=1, **options)``.
+    segmentation factories as ``factory(in_channels=1, out_channels=1, **options)``; joint factories (a mask
+    and a class output, ``docs/plugins.md``) as ``factory(num_classes=K, in_channels=1, out_channels=1,
+    **options)``.
     """
 
 

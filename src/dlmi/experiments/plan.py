@@ -10,8 +10,9 @@ from dlmi.experiments.profiles import Profile
 # Where each dataset lives under ``--data-root`` (the layout of ../shared/data).
 DATA_FOLDERS = {"brain-mri": "brain_mri", "busi": "busi"}
 
-SEED_LOSSES = ("bce", "mse", "dice")
-SEED_CLASSIFIER = "busi-cls"
+# The reference report's U-Net losses and its classifier (the experiment that aids their U-Nets).
+REFERENCE_LOSSES = ("bce", "mse", "dice")
+REFERENCE_CLASSIFIER = "busi-cls"
 IMPROVED_CLASSIFIER = "busi-cls-improved"
 
 
@@ -63,15 +64,15 @@ def plan_experiments(profile: Profile) -> list[Experiment]:
     plan = [
         Experiment("brain-mri-cls", "brain MRI classifier (seed CNN, 2 classes)", dataset="brain-mri",
                    epochs=profile.classifier_epochs, **cls),
-        Experiment(SEED_CLASSIFIER, "BUSI classifier (seed CNN, 3 classes)", dataset="busi",
+        Experiment(REFERENCE_CLASSIFIER, "BUSI classifier (seed CNN, 3 classes)", dataset="busi",
                    epochs=profile.classifier_epochs, **cls),
     ]
-    for loss in SEED_LOSSES:
+    for loss in REFERENCE_LOSSES:
         plan.append(Experiment(f"busi-unet-{loss}", f"U-Net, {loss.upper()} loss", loss=loss,
-                               eval_aid=SEED_CLASSIFIER, epochs=profile.segmenter_epochs, **seg))
-    for loss in SEED_LOSSES:
+                               eval_aid=REFERENCE_CLASSIFIER, epochs=profile.segmenter_epochs, **seg))
+    for loss in REFERENCE_LOSSES:
         plan.append(Experiment(f"busi-unet-{loss}-aided", f"U-Net, {loss.upper()} loss, aided training",
-                               loss=loss, aid=SEED_CLASSIFIER, eval_aid=SEED_CLASSIFIER,
+                               loss=loss, aid=REFERENCE_CLASSIFIER, eval_aid=REFERENCE_CLASSIFIER,
                                epochs=profile.segmenter_epochs, **seg))
     if profile.improved:
         improved = {"augment": True, "scheduler": "cosine"}

@@ -15,7 +15,11 @@ from typing import Any
 
 from dlmi.atomic import write_json_atomic, write_text_atomic
 from dlmi.experiments.plan import Experiment
-from dlmi.experiments.seed_numbers import SEED_CLASSIFICATION, SEED_SEGMENTATION, SEED_SOURCE
+from dlmi.experiments.reference_numbers import (
+    REFERENCE_CLASSIFICATION,
+    REFERENCE_SEGMENTATION,
+    REFERENCE_SOURCE,
+)
 
 SIDES = ("train", "val", "test")
 SEG_KEYS = ("miou_seed", "mdice_seed", "lesion_dice", "lesion_iou", "empty_truth_false_positive_rate")
@@ -146,10 +150,11 @@ def collect(repro: ReproductionState, complete: bool) -> dict[str, Any]:
         "machine": repro.machine,
         "splits": repro.splits,
         "definitions": DEFINITIONS,
-        "seed": {
-            "source": SEED_SOURCE,
-            "classification": [{"dataset": d, "metric": m, **v} for (d, m), v in SEED_CLASSIFICATION.items()],
-            "segmentation_miou": SEED_SEGMENTATION,
+        "seed": {  # the reference report's numbers (the key is kept: reproduce-*.json files hold it)
+            "source": REFERENCE_SOURCE,
+            "classification": [{"dataset": d, "metric": m, **v}
+                               for (d, m), v in REFERENCE_CLASSIFICATION.items()],
+            "segmentation_miou": REFERENCE_SEGMENTATION,
         },
         "total_wall_s": round(sum(walls) + split_s, 1),
         "skipped_this_invocation": list(repro.skipped),
@@ -167,7 +172,8 @@ def _fmt(number: dict[str, Any] | None, ci: bool = True) -> str:
     return text
 
 
-def _seed(value: float | None) -> str:
+def _reference(value: float | None) -> str:
+    """A number of the reference report, or a dash where it gives none."""
     return "—" if value is None else str(value)
 
 
@@ -205,15 +211,15 @@ def _classification_table(doc: dict[str, Any]) -> list[str]:
             ("busi-cls", "busi", "detect_accuracy", "detect accuracy"),
             ("busi-cls-improved", None, "accuracy", "accuracy (3 classes)"),
             ("busi-cls-improved", None, "detect_accuracy", "detect accuracy")]
-    for name, seed_key, key, label in rows:
+    for name, reference_key, key, label in rows:
         exp = exps.get(name)
         if exp is None:
             continue
-        seed = SEED_CLASSIFICATION.get((seed_key, key), {}) if seed_key else {}
+        reference = REFERENCE_CLASSIFICATION.get((reference_key, key), {}) if reference_key else {}
         test = _side(exp, "test")
         lines.append(
             f"| {name}{'' if exp['status'].startswith('done') else ' (' + exp['status'] + ')'} | {label} | "
-            f"{_seed(seed.get('train'))} | {_seed(seed.get('test'))} | "
+            f"{_reference(reference.get('train'))} | {_reference(reference.get('test'))} | "
             f"{_fmt(_side(exp, 'train').get(key))} | "
             f"{_fmt(test.get(key))} | {test.get('n_images', '—')} | {exp['image_size']}² | {exp['epochs']} |")
     return lines
@@ -238,12 +244,12 @@ def _segmentation_table(doc: dict[str, Any], improved: bool) -> list[str]:
             if "+" in side_variants and improved:
                 variants.append(side_variants)
         for variant in variants:
-            seed = SEED_SEGMENTATION.get(loss, {})
-            seed_row = seed.get(training) if training == variant else None
+            # The reference report's row sits beside ours where the evaluation matches the training.
+            reference = REFERENCE_SEGMENTATION.get(loss, {}).get(training, {}) if training == variant else {}
             aid = f" ({exp['eval_aid']})" if variant.startswith("aided") else ""
             lines.append(
                 f"| {loss}{status} | {training} | {variant}{aid} | "
-                f"{_seed((seed_row or {}).get('train'))} | {_seed((seed_row or {}).get('test'))} | "
+                f"{_reference(reference.get('train'))} | {_reference(reference.get('test'))} | "
                 f"{_fmt(_variant(exp, 'train', variant, 'miou_seed'), ci=False)} | "
                 f"{_fmt(_variant(exp, 'test', variant, 'miou_seed'))} | "
                 f"{_fmt(_variant(exp, 'train', variant, 'lesion_dice'), ci=False)} | "
@@ -407,9 +413,9 @@ def markdown(doc: dict[str, Any]) -> str:
         f"Status: **{state}**. Written by `dlmi reproduce --profile {p['name']}`; raw numbers in "
         f"`reproduce-{p['name']}.json`, run folders under `{doc['out']}`.",
         "",
-        "Seed numbers: " + SEED_SOURCE + ". Ours: leakage-free split (near-duplicates kept on one side), "
-        f"classifier at {cls}², U-Net at {seg}² (profile `{p['name']}`), scored on the split sides named in "
-        "each column; brackets are 95 % bootstrap intervals over images.",
+        "Seed numbers: " + REFERENCE_SOURCE + ". Ours: leakage-free split (near-duplicates kept on one "
+        f"side), classifier at {cls}², U-Net at {seg}² (profile `{p['name']}`), scored on the split sides "
+        "named in each column; brackets are 95 % bootstrap intervals over images.",
         "",
         "## Profile and machine",
         "",
