@@ -76,3 +76,25 @@ def test_the_report_names_the_rule_predict_applies(joint_run):
     post = result["segmentation"]["postprocess"]
     assert (post["threshold"], post["min_lesion_pixels"], post["normal_threshold"]) == (0.5, 0, None)
     assert "predict" in post["note"]
+
+
+def test_an_ensembles_rule_is_the_one_its_manifest_chose(tmp_path):
+    """The report's rule for a fold ensemble: ensemble.json's threshold, smallest lesion and P(normal) gate,
+    and where they were chosen (untrained members: no training)."""
+    from test_joint import write_joint_checkpoint
+
+    from dlmi.runtime.ensemble import load_ensemble
+    from dlmi.runtime.two_stage import pipeline_rule
+
+    folder = tmp_path / "ensemble"
+    for fold in range(2):
+        (folder / f"fold-{fold}").mkdir(parents=True)
+        write_joint_checkpoint(folder / f"fold-{fold}" / "best.pt", seed=fold, size=SIZE)
+    (folder / "ensemble.json").write_text(json.dumps(
+        {"members": ["fold-0", "fold-1"], "flip_tta": False, "threshold": 0.7, "min_lesion_pixels": 16,
+         "normal_threshold": 0.3, "postprocess": {"selected_on": "out-of-fold predictions (test)"}}))
+    rule = pipeline_rule(load_ensemble(folder))
+    assert (rule["threshold"], rule["min_lesion_pixels"], rule["normal_threshold"]) == (0.7, 16, 0.3)
+    assert rule["gate"] == "P(normal) ≥ 0.3, or fewer than 16 pixels above 0.7"
+    assert rule["selected_on"] == "out-of-fold predictions (test)"
+    assert "chosen on out-of-fold predictions (test)" in rule["note"]
