@@ -56,7 +56,8 @@ def test_evaluate_an_aided_segmenter_run(cli, runs):
     assert aided["lesion_dice"]["value"] <= plain["lesion_dice"]["value"]
     assert out["aid_classification"]["n_images"] == ctx["n_images"]
     post = out["segmentation"]["postprocess"]
-    assert post["selected_on"] == "val" and set(post["chosen"]) == {"unaided", "aided"}
+    assert set(variants) == {"unaided", "aided"}  # only what `dlmi predict` writes (no evaluate-only variant)
+    assert post["threshold"] == 0.5 and post["gate"] == "the arg-max class is normal" and post["note"]
     for name in ("eval-test.json", "eval-test.md", "panels.png", "aid-confusion-test.png"):
         assert (seg / name).stat().st_size > 0
     written = json.loads((seg / "eval-test.json").read_text())

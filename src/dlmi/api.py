@@ -240,7 +240,8 @@ class Estimate:
 
 @dataclass(frozen=True)
 class MaskScores:
-    """The segmentation numbers of one variant (``unaided``, ``aided``, ``aided + largest-component``, …)."""
+    """The segmentation numbers of one variant (``unaided`` or ``aided``: the masks ``dlmi predict`` writes
+    without and with ``--aided``)."""
 
     variant: str
     n_images: int

@@ -24,7 +24,6 @@ from dlmi.evaluation.predict import SidePredictions, predict_side
 from dlmi.evaluation.report import markdown_report
 from dlmi.metrics.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, check_resamples, scored_mean
 from dlmi.metrics.classification import ClassificationScores
-from dlmi.metrics.postprocess import PostProcess, apply_candidates, candidate_postprocesses, select_best
 from dlmi.metrics.segmentation import SegmentationScores, iou
 from dlmi.runtime.device import resolve_device
 from dlmi.training.config import TrainConfig
@@ -32,7 +31,6 @@ from dlmi.training.config import TrainConfig
 SIDES = ("train", "val", "test")
 EVAL_SIDES = (*SIDES, "all")
 PANEL_SIDES = ("train", "test")
-POSTPROCESS_CRITERION = "miou_seed"
 
 
 @dataclass
@@ -181,7 +179,6 @@ class Evaluator:
         self.device = resolve_device(device)
         self.bootstrap = {"resamples": resamples, "seed": seed}
         self._predictions: dict[str, SidePredictions] = {}
-        self._postprocess: dict[str, Any] | None = None
 
     # --- predictions -------------------------------------------------------------------------------------
     def _predict(self, samples: Sequence[Sample]) -> SidePredictions:
@@ -198,30 +195,13 @@ class Evaluator:
         return self._predictions[side]
 
     # --- post-processing ---------------------------------------------------------------------------------
-    def postprocess_choice(self) -> dict[str, Any]:
-        """The post-processing chosen on the val side, per variant (``unaided`` / ``aided``)."""
-        if self._postprocess is not None:
-            return self._postprocess
-        size = self.inputs.trained.image_size
-        candidates = candidate_postprocesses(size)
-        choice: dict[str, Any] = {"selected_on": "val", "criterion": POSTPROCESS_CRITERION,
-                                  "candidates": [c.name for c in candidates], "chosen": {}, "val_scores": {}}
-        if not self.inputs.sides["val"]:
-            choice["note"] = "not applied: the split has no val images to choose it on"
-            self._postprocess = choice
-            return choice
-        val = self.predictions("val")
-        for variant, masks in self._variant_masks(val).items():
-            outs = apply_candidates(masks, candidates)
-            scores = [float(iou(out, val.true_masks).mean()) for out in outs]
-            best = select_best(candidates, scores)
-            choice["chosen"][variant] = best
-            choice["val_scores"][variant] = dict(zip([c.name for c in candidates], scores, strict=True))
-        chosen = ", ".join(f"{v}: {p.name}" for v, p in choice["chosen"].items())
-        choice["note"] = (f"chosen on the val side ({len(val.samples)} images) by the highest seed mIoU "
-                          f"among {', '.join(c.name for c in candidates)}; {chosen}")
-        self._postprocess = choice
-        return choice
+    def postprocess_rule(self) -> dict[str, Any]:
+        """The post-processing the evaluated masks went through: the model's own rule, as ``dlmi predict``
+        applies it (:func:`dlmi.runtime.two_stage.pipeline_rule`). Evaluation chooses nothing of its own, so
+        every variant it reports is a pipeline that prediction runs."""
+        from dlmi.runtime.two_stage import pipeline_rule
+
+        return pipeline_rule(self.inputs.trained, self.inputs.aid)
 
     def _variant_masks(self, preds: SidePredictions) -> dict[str, np.ndarray]:
         assert preds.masks is not None
@@ -284,22 +264,14 @@ class Evaluator:
         return result
 
     def _segmentation(self, preds: SidePredictions, classes: list[str]) -> dict[str, Any]:
-        choice = self.postprocess_choice()
         variants: dict[str, Any] = {}
         scored: dict[str, SegmentationScores] = {}
         for variant, masks in self._variant_masks(preds).items():
-            versions = [(variant, masks)]
-            chosen: PostProcess | None = choice["chosen"].get(variant)
-            if chosen is not None and chosen.kind != "none":
-                versions.append((f"{variant} + {chosen.name}", chosen.apply(masks)))
-            for name, version in versions:
-                scores = SegmentationScores(classes, self.inputs.normal_index)
-                scores.update(version, preds.true_masks, preds.labels, keys=preds.keys)
-                variants[name] = scores.summary(**self.bootstrap)
-                scored[name] = scores
-        post = {k: v for k, v in choice.items() if k != "chosen"}
-        post["chosen"] = {k: v.name for k, v in choice["chosen"].items()}
-        out: dict[str, Any] = {"variants": variants, "postprocess": post}
+            scores = SegmentationScores(classes, self.inputs.normal_index)
+            scores.update(masks, preds.true_masks, preds.labels, keys=preds.keys)
+            variants[variant] = scores.summary(**self.bootstrap)
+            scored[variant] = scores
+        out: dict[str, Any] = {"variants": variants, "postprocess": self.postprocess_rule()}
         if "aided" in scored:
             out["aid_effect"] = self._aid_effect(scored["unaided"], scored["aided"])
         return out

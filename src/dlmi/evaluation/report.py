@@ -66,7 +66,7 @@ SEGMENTATION_ROWS = (
 
 
 def segmentation_lines(variants: dict[str, dict[str, Any]], heading: str) -> list[str]:
-    """One column per variant (unaided, aided, post-processed …), one row per number."""
+    """One column per variant (unaided, aided), one row per number."""
     names = list(variants)
     first = variants[names[0]]
     lesion = ", ".join(first.get("lesion_classes") or []) or "non-empty truth"

@@ -5,7 +5,6 @@
 * :mod:`dlmi.metrics.classification` — accuracy, detect accuracy, per-class precision and recall,
   confusion matrix.
 * :mod:`dlmi.metrics.bootstrap` — 95 % percentile bootstrap intervals over images.
-* :mod:`dlmi.metrics.postprocess` — connected-component clean-up of predicted masks, chosen on the val side.
 
 ``docs/metrics.md`` states every definition in prose.
 """

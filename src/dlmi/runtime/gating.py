@@ -76,6 +76,14 @@ class Gate:
             return self.min_lesion_pixels
         return int(math.ceil(self.min_lesion_pixels * pixels / float(model_pixels)))
 
+    def describe(self, class_name: str = "normal") -> str:
+        """The rule in words, e.g. ``P(normal) ≥ 0.3, or fewer than 16 pixels above 0.7``."""
+        said = (f"P({class_name}) ≥ {self.normal_threshold:g}" if self.normal_threshold is not None
+                else f"the arg-max class is {class_name}")
+        if self.min_lesion_pixels > 0:
+            said += f", or fewer than {self.min_lesion_pixels} pixels above {self.threshold:g}"
+        return said
+
     def __call__(self, class_probs: Array, mask_probs: Array | None = None, *,
                  min_lesion_pixels: int | None = None) -> Array:
         """Bool (N,): the images whose mask is emptied. ``mask_probs`` (N,…) is needed only with a

@@ -146,3 +146,34 @@ def joint_pipeline_options(meta: dict[str, Any], normal_index: int) -> dict[str,
     rule = Gate.from_meta(meta, normal_index)
     return {"normal_index": rule.normal_index, "min_lesion_pixels": rule.min_lesion_pixels,
             "threshold": rule.threshold, "normal_threshold": rule.normal_threshold}
+
+
+def pipeline_rule(segmenter: Any, classifier: Any = None) -> dict[str, Any]:
+    """The post-processing of the masks that the pipeline of these trained models gives, JSON-able: the mask
+    threshold and, aided, the gate (:class:`~dlmi.runtime.gating.Gate`), read from the models' metadata as
+    every prediction path reads them, where they were chosen, and a ``note`` in words.
+
+    This is dlmi's one post-processing: a fold ensemble's settings were chosen on out-of-fold predictions
+    (``ensemble.json``); a single run predicts with its checkpoint's threshold and the arg-max gate.
+    """
+    pipeline = build_pipeline(segmenter, classifier)
+    gate = pipeline.rule if pipeline is not None else None
+    threshold = float(segmenter.threshold)
+    chosen = (segmenter.meta.get("postprocess") or {}).get("selected_on")
+    rule: dict[str, Any] = {
+        "threshold": threshold,
+        "min_lesion_pixels": gate.min_lesion_pixels if gate is not None else 0,
+        "normal_threshold": gate.normal_threshold if gate is not None else None,
+        "gate": None,
+        "selected_on": chosen,
+    }
+    note = f"as dlmi predict applies it: a pixel is lesion where its probability > {threshold:g}"
+    if gate is not None:
+        gate_model = segmenter if segmenter.task == "joint" else classifier
+        normal_name = gate_model.classes[gate.normal_index] if gate_model.classes else "normal"
+        rule["gate"] = gate.describe(normal_name)
+        note += f"; aided, the mask is emptied where {rule['gate']}"
+    note += (f"; chosen on {chosen}" if chosen else
+             "; the run's own settings (a single run chooses no post-processing after training)")
+    rule["note"] = note
+    return rule
