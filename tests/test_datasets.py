@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from dlmi.datasets.base import DatasetSource
+from dlmi.datasets.base import DatasetSource, load_sample
 from dlmi.datasets.loader import ImageDataset
+from dlmi.datasets.synthetic import SyntheticDataset
+from dlmi.errors import DlmiError
 from dlmi.imageio import image_size, read_mask
 from dlmi.plugins import get_dataset, get_plugins
 
@@ -31,6 +33,39 @@ def test_builtins_follow_the_protocol():
         assert source.normal_class in source.classes
         assert get_plugins().datasets.get(name).source == "built-in"
 
+
+
+class _Returning(SyntheticDataset):
+    """A synthetic source whose ``load`` returns what a test sets (to break the protocol)."""
+
+    name = "returning"
+
+    def __init__(self, result) -> None:
+        super().__init__(count=3, size=16)
+        self.result = result
+
+    def load(self, sample):
+        return self.result(*super().load(sample))
+
+
+@pytest.mark.parametrize(("result", "cause"), [
+    (lambda image, mask: (image, mask[:8]), "the mask is 16x8 but the image is 16x16"),
+    (lambda image, mask: (image, mask[:, :, None]), r"a mask of shape \(16, 16, 1\)"),
+    (lambda image, mask: (image / 255.0, mask), "image of dtype float64; expected uint8"),
+    (lambda image, mask: (image[None], mask), r"image of shape \(1, 16, 16\)"),
+    (lambda image, mask: (image, mask.astype(np.uint8) * 255), "mask of dtype uint8; expected bool"),
+    (lambda image, mask: (image.tolist(), mask), "image of type list"),
+    (lambda image, mask: image, "not an \\(image, mask\\) pair"),
+])
+def test_load_sample_holds_every_source_to_the_protocol(result, cause):
+    source = _Returning(result)
+    sample = source.samples(None)[1]
+    with pytest.raises(DlmiError, match=cause) as info:
+        load_sample(source, sample)
+    assert str(info.value).startswith(f"dataset 'returning' cannot load {sample.key}: ")
+    assert "\n" not in str(info.value)
+    image, mask = load_sample(SyntheticDataset(count=3, size=16), sample)  # the source itself is fine
+    assert image.dtype == np.uint8 and mask.dtype == bool and image.shape == mask.shape == (16, 16)
 
 # ---- BUSI -----------------------------------------------------------------------------------------------
 
