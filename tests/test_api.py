@@ -102,9 +102,24 @@ def test_arrays_are_read_like_image_files():
     rgb[..., 0] = 255
     assert as_grey(rgb).tolist() == [[76, 76], [76, 76]]  # ITU-R 601 luma, as PIL converts a file
     for bad, cause in ((np.zeros((2, 2, 2)), "shape"), (np.zeros((0, 3)), "empty"),
-                       (np.array([[np.nan, 1.0]]), "NaN")):
+                       (np.array([[np.nan, 1.0]]), "NaN"), (np.ones((2, 2), np.complex64), "complex64"),
+                       (np.array([[object()]]), "dtype object"), (np.array([["a", "b"]]), "dtype <U1"),
+                       (np.ones((2, 2, 3), np.complex128), "complex128"), ([[1, 2], [3]], "ragged")):
         with pytest.raises(DlmiError, match=cause):
             as_grey(bad)
+
+
+def test_the_threshold_is_one_rule_for_the_api_and_the_cli(exported, tmp_path):
+    models, _cls, _seg = exported
+    image = np.random.default_rng(3).integers(0, 256, (24, 20)).astype(np.uint8)
+    assert not dlmi.load_predictor(models, threshold=1.0).predict(image).mask.any()  # 1: nothing is lesion
+    assert dlmi.load_predictor(models, threshold=0.0).predict(image).mask.all()  # 0: every pixel above 0
+    for bad in (1.5, -0.1, float("nan")):
+        with pytest.raises(DlmiError, match=r"threshold must be between 0 and 1 \(a probability"):
+            dlmi.load_predictor(models, threshold=bad)
+        with pytest.raises(DlmiError, match=r"--threshold must be between 0 and 1 \(a probability"):
+            predict_folder(tmp_path, tmp_path / "out", dlmi.load_predictor(models).backend,
+                           PredictSettings(threshold=bad))
 
 
 def test_a_dataset_source_object_is_registered_for_the_session():

@@ -9,9 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from dlmi.datasets.base import DatasetSource
+from dlmi.datasets.base import DatasetSource, FileDataset, Sample, list_samples, load_sample
 from dlmi.datasets.loader import ImageDataset
+from dlmi.datasets.synthetic import SyntheticDataset
+from dlmi.errors import DlmiError
 from dlmi.imageio import image_size, read_mask
 from dlmi.plugins import get_dataset, get_plugins
 
@@ -31,6 +34,90 @@ def test_builtins_follow_the_protocol():
         assert source.normal_class in source.classes
         assert get_plugins().datasets.get(name).source == "built-in"
 
+
+
+class _Returning(SyntheticDataset):
+    """A synthetic source whose ``load`` returns what a test sets (to break the protocol)."""
+
+    name = "returning"
+
+    def __init__(self, result) -> None:
+        super().__init__(count=3, size=16)
+        self.result = result
+
+    def load(self, sample):
+        return self.result(*super().load(sample))
+
+
+@pytest.mark.parametrize(("result", "cause"), [
+    (lambda image, mask: (image, mask[:8]), "the mask is 16x8 but the image is 16x16"),
+    (lambda image, mask: (image, mask[:, :, None]), r"a mask of shape \(16, 16, 1\)"),
+    (lambda image, mask: (image / 255.0, mask), "image of dtype float64; expected uint8"),
+    (lambda image, mask: (image[None], mask), r"image of shape \(1, 16, 16\)"),
+    (lambda image, mask: (image, mask.astype(np.uint8) * 255), "mask of dtype uint8; expected bool"),
+    (lambda image, mask: (image.tolist(), mask), "image of type list"),
+    (lambda image, mask: image, "not an \\(image, mask\\) pair"),
+])
+def test_load_sample_holds_every_source_to_the_protocol(result, cause):
+    source = _Returning(result)
+    sample = source.samples(None)[1]
+    with pytest.raises(DlmiError, match=cause) as info:
+        load_sample(source, sample)
+    assert str(info.value).startswith(f"dataset 'returning' cannot load {sample.key}: ")
+    assert "\n" not in str(info.value)
+    image, mask = load_sample(SyntheticDataset(count=3, size=16), sample)  # the source itself is fine
+    assert image.dtype == np.uint8 and mask.dtype == bool and image.shape == mask.shape == (16, 16)
+
+
+class _Listing(SyntheticDataset):
+    """A synthetic source whose ``samples`` returns what a test makes of the real list."""
+
+    name = "listing"
+
+    def __init__(self, listed) -> None:
+        super().__init__(count=3, size=16)
+        self.listed = listed
+
+    def samples(self, data_dir=None):
+        return self.listed(super().samples(data_dir))
+
+
+def _raise(found):
+    raise ConnectionError("the PACS is down")
+
+
+@pytest.mark.parametrize(("listed", "cause"), [
+    (lambda found: [*found, found[0]], "sample normal/synthetic_0000.png is listed twice"),
+    (lambda found: [Sample(found[0].key, 3), *found[1:]], "sample normal/synthetic_0000.png has label 3"),
+    (lambda found: [Sample(found[0].key, -1), *found[1:]], "has label -1"),
+    (lambda found: [Sample(found[0].key, True), *found[1:]], "has label True"),
+    (lambda found: [*found, "benign/x.png"], "listed a str, not a Sample"),
+    (lambda found: iter(found), "returned list_iterator, not a list"),
+    (_raise, "cannot list its samples: ConnectionError: the PACS is down"),
+])
+def test_list_samples_holds_every_source_to_the_protocol(listed, cause):
+    with pytest.raises(DlmiError, match=cause) as info:
+        list_samples(_Listing(listed), None)
+    assert str(info.value).startswith("dataset 'listing'") and "\n" not in str(info.value)
+    assert [s.label for s in list_samples(_Listing(lambda found: found), None)] == [0, 1, 2]
+
+
+def test_the_disk_cache_checks_what_the_source_loads(tmp_path):
+    from dlmi.training.data.cache import DiskCachedSource, ResizedDiskCache
+
+    class WideMasks(FileDataset):
+        name = "wide-masks"
+        has_masks = True
+
+        def load(self, sample):
+            image, mask = super().load(sample)
+            return image, np.zeros((image.shape[0], image.shape[1] + 4), bool)
+
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((12, 10), np.uint8)).save(image)
+    cached = DiskCachedSource(WideMasks(), 16, ResizedDiskCache(tmp_path / "cache"))
+    with pytest.raises(DlmiError, match=r"the mask is 14x12 but the image is 10x12"):
+        load_sample(cached, Sample("a/a.png", 0, image_path=image))
 
 # ---- BUSI -----------------------------------------------------------------------------------------------
 

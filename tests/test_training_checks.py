@@ -15,11 +15,13 @@ from torch import nn
 
 from dlmi import hookimpl
 from dlmi.cli.main import run
+from dlmi.datasets.base import MAX_IMAGE_SIZE
 from dlmi.errors import DlmiError
 from dlmi.evaluation import evaluate_run
 from dlmi.plugins import load_plugins, reset_plugins
 from dlmi.training import TrainConfig, train_classifier, train_segmenter
 from dlmi.training.config import TASK_METRICS
+from dlmi.training.preflight import check_batch_memory
 
 
 @pytest.fixture(autouse=True)
@@ -59,6 +61,24 @@ def test_cli_mistyped_loss_is_one_line_and_leaves_nothing(tmp_path, capsys):
     assert len(lines) == 1 and lines[0].startswith("dlmi: error: unknown loss 'dcie'; registered: ")
     assert_nothing_written(out)
 
+
+
+def test_an_image_size_beyond_the_limit_is_refused_before_anything_is_written(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(DlmiError, match=f"image_size must be at most {MAX_IMAGE_SIZE} pixels, got 100000"):
+        train_segmenter(segmenter_config(out, epochs=1, image_size=100_000))
+    assert_nothing_written(out)
+    TrainConfig(task="segmentation", dataset="tiny-lesions", out=str(out), image_size=MAX_IMAGE_SIZE,
+                batch_size=1).resolved()  # the limit itself is allowed
+
+
+def test_a_batch_that_cannot_fit_in_memory_is_refused_and_the_estimate_counts_only_real_samples():
+    config = segmenter_config(Path("run"), image_size=16384, batch_size=4096).resolved()
+    with pytest.raises(DlmiError, match=r"a batch of 4096 images of 16384x16384 pixels needs at least 8192 "):
+        check_batch_memory(config, train_samples=100_000)
+    with pytest.raises(DlmiError, match=r"a batch of 1024 images .* needs at least 2048 GiB"):
+        check_batch_memory(config, train_samples=100_000, processes=4)  # the batch is split over processes
+    check_batch_memory(config, train_samples=1)  # one sample is 2 GiB: a batch never exceeds the data set
 
 # --- 9. a folder holding another tool's metrics.jsonl ---------------------------------------------------
 

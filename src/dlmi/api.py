@@ -414,13 +414,25 @@ def as_grey(image: np.ndarray) -> np.ndarray:
 
     (H, W), (H, W, 1), RGB (H, W, 3) or RGBA (H, W, 4). uint8 as it is; bool as 0/255; floats within 0–1 as
     intensities (×255); any other range (16-bit, Hounsfield, …) stretched from its min to its max, like a
-    16-bit file.
+    16-bit file. Anything else (complex, object or text arrays, ragged lists) is one :class:`DlmiError`:
+    this is the one check of an image array.
     """
     from PIL import Image
 
     from dlmi.imageio import stretch_to_grey, to_grey
 
-    array = np.asarray(image)
+    if isinstance(image, str | os.PathLike):
+        raise DlmiError(f"image: expected a numpy array, got the path {os.fspath(image)!r:.80} (read the "
+                        f"file first, or predict a folder with `dlmi predict`)")
+    try:
+        array = np.asarray(image)
+    except ValueError:  # numpy refuses rows of different lengths
+        raise DlmiError(f"image: a ragged {type(image).__name__} (rows of different lengths), not an (H, W) "
+                        f"array") from None
+    if array.dtype != bool and not np.issubdtype(array.dtype, np.integer) \
+            and not np.issubdtype(array.dtype, np.floating):
+        raise DlmiError(f"image: expected an array of numbers (bool, integer or float), got dtype "
+                        f"{array.dtype}")
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if array.ndim == 3 and array.shape[2] in (3, 4):
@@ -459,6 +471,9 @@ class ImagePredictor:
     """
 
     def __init__(self, backend: Predictor, *, aided: bool, threshold: float | None = None) -> None:
+        from dlmi.inference.predictor import check_threshold
+
+        check_threshold(threshold, "threshold")
         info = backend.info
         self.backend = backend
         self.aided = aided
@@ -508,8 +523,9 @@ def load_predictor(
     """A predictor of image arrays (``dlmi predict`` for one array): an export folder (onnxruntime), or run
     folders / ``.pt`` files (PyTorch; give the classifier and the segmenter for ``aided``). ``backend``
     defaults to ``torch`` for run folders and checkpoints, ``onnx`` otherwise."""
-    from dlmi.inference.predictor import open_predictor
+    from dlmi.inference.predictor import check_threshold, open_predictor
 
+    check_threshold(threshold, "threshold")  # before the models are opened
     paths = [Path(models)] if isinstance(models, str | os.PathLike) else [Path(m) for m in models]
     if backend is None:
         backend = "torch" if any(_looks_trained(p) for p in paths) else "onnx"

@@ -57,6 +57,7 @@ class ImageListing:
     files: list[PurePosixPath] = field(default_factory=list)
     broken_links: list[PurePosixPath] = field(default_factory=list)
     output_folders: list[PurePosixPath] = field(default_factory=list)
+    excluded: int = 0  # image files left out because they match one of the ``patterns``
 
 
 def scan_images(
@@ -90,7 +91,10 @@ def scan_images(
         for name in filenames:
             path = here / name
             relative = PurePosixPath(path.relative_to(root).as_posix())
-            if not is_image_file(path) or matches(relative, patterns):
+            if not is_image_file(path):
+                continue
+            if matches(relative, patterns):
+                listing.excluded += 1
                 continue
             if path.is_file():
                 listing.files.append(relative)

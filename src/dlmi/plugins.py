@@ -344,8 +344,21 @@ def reset_plugins(plugins: Plugins | None = None) -> None:
 
 
 def get_dataset(name: str) -> Any:
-    """A new instance of the registered dataset source ``name``."""
-    return get_plugins().datasets.create(name)
+    """A new instance of the registered dataset source ``name``; a factory that fails, or a source without
+    class names, is one line naming the dataset and the plugin that registered it."""
+    entry = get_plugins().datasets.get(name)
+    where = f"dataset {name!r} (from {entry.source})"
+    try:
+        source = entry.create()
+    except DlmiError:
+        raise
+    except Exception as exc:
+        raise DlmiError(f"{where} cannot be created: {_one_line(exc)}") from exc
+    classes = getattr(source, "classes", None)
+    if (isinstance(classes, str) or not isinstance(classes, tuple | list) or not classes
+            or not all(isinstance(c, str) and c for c in classes)):
+        raise DlmiError(f"{where}: .classes must be a non-empty tuple of class names, got {classes!r:.80}")
+    return source
 
 
 def create_model(name: str, **options: Any) -> Any:

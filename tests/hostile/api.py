@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,9 +27,14 @@ def handled(label: str, call: Callable[[Workspace], Any], check: Callable[[Any],
 
 
 def _predictor(ws: Workspace, aided: bool = True):
+    return dlmi_predictor(ws, aided=aided)
+
+
+def dlmi_predictor(ws: Workspace, aided: bool = True, **options: Any):
+    """``dlmi.load_predictor`` of the shared export on the CPU."""
     import dlmi
 
-    return dlmi.load_predictor(ws.world.export, aided=aided, provider="cpu")
+    return dlmi.load_predictor(ws.world.export, aided=aided, provider="cpu", **options)
 
 
 def predict(label: str, image: Any, *names: str) -> Case:
@@ -145,6 +151,14 @@ CASES = [
     predict("a complex array", IMAGE.astype(np.complex64), "complex"),
     predict("an object array", np.array([[object()]]), "image"),
     predict("a (H, W, 2) array", np.zeros((8, 8, 2), np.uint8), "shape"),
+    predict("a ragged list", [[1, 2, 3], [4]], "ragged"),
+    predict("a pathlib.Path", Path("scan.png"), "scan.png"),
+    predict("a bytes object", b"\x89PNG", "image"),
+    handled(
+        "load_predictor with threshold 1: nothing is lesion",
+        lambda ws: dlmi_predictor(ws, threshold=1.0).predict(IMAGE),
+        lambda result: _true(not result.mask.any()),
+    ),
     predicts("a list of lists", IMAGE.tolist(), (40, 30)),
     predicts("a bool array", IMAGE > 128, (40, 30)),
     predicts("a 1x1 array", np.full((1, 1), 7, np.uint8), (1, 1)),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from hostile.harness import Case, Workspace
-from hostile.make import grey, predicted, rows
+from hostile.make import grey, predicted, report, rows
 from hostile.outcome import HANDLED, RunRecord
 
 GOOD = ["good_0.png", "good_1.png"]
@@ -98,6 +98,17 @@ def _with_hidden(name: str) -> Callable[[Workspace], list[str]]:
     return run
 
 
+def _renamed(name: str) -> Callable[[Workspace], list[str]]:
+    """Two good images and a PNG renamed to ``name`` (a name PIL cannot save to)."""
+
+    def run(ws: Workspace) -> list[str]:
+        folder = ws.scans()
+        grey(folder / "tmp.png").rename(folder / name)
+        return ws.predict_args(folder)
+
+    return run
+
+
 def _good_predicted(record: RunRecord) -> None:
     table = rows(record)
     assert set(GOOD) <= set(table), sorted(table)
@@ -115,6 +126,27 @@ def _repeat_twice(ws: Workspace) -> list[str]:
 
     run_in_process(ws.predict_args(folder))
     return ws.predict_args(folder)
+
+
+NOT_UTF8 = b"latin1 \xe9chographie.png"  # a Latin-1 name from an old system: not valid UTF-8
+
+
+def _not_utf8(ws: Workspace) -> list[str]:
+    import os
+
+    folder = ws.scans()
+    os.rename(grey(folder / "tmp.png"), os.path.join(os.fsencode(folder), NOT_UTF8))
+    return ws.predict_args(folder)
+
+
+def _not_utf8_check(record: RunRecord) -> None:
+    """The good images predicted; the Latin-1 one predicted too, its name written readably (escaped)."""
+    import os
+
+    table = rows(record)
+    assert set(GOOD) <= set(table), sorted(table)
+    assert len(table) == 3, f"the non-UTF-8 name is missing: {sorted(table)}"
+    assert os.fsdecode(NOT_UTF8) in [p["file"] for p in report(record)["predictions"]], "not in the JSON"
 
 
 CASES = [
@@ -146,6 +178,33 @@ CASES = [
     named("a name that looks like a mask", "scan_mask.png"),
     named("a name that looks like an output", "predictions.png", "x.png.png.png"),
     named("deeply nested", "a/b/c/d/e/f/g/h/deep.png"),
+    named("a tab in a name", "tab\there.png", check=_csv_round_trip("tab\there.png")),
+    named("a carriage return in a name", "cr\rhere.png", check=_csv_round_trip("cr\rhere.png")),
+    named("an emoji in a name", "scan \U0001fa7b.png"),
+    named(
+        "leading and trailing spaces",
+        " lead.png",
+        "trail .png",
+        check=distinct_masks(" lead.png", "trail .png"),
+    ),
+    named(
+        "the same name composed and decomposed (NFC, NFD)",
+        "caf\u00e9.png",
+        "cafe\u0301.png",
+        check=distinct_masks("caf\u00e9.png", "cafe\u0301.png"),
+    ),
+    named("a folder named like an image", "folder.png/inside.png"),
+    named("glob characters in a name", "a[1]*?.png"),
+    Case(
+        "names",
+        "a name that is only dots and an extension",
+        HANDLED,
+        _renamed("...png"),
+        check=lambda r: predicted(r, [*GOOD, "...png"]),
+    ),
+    Case("names", "a name that is not UTF-8", HANDLED, _not_utf8, check=_not_utf8_check),
+    _input_named("scans [1] *"),
+    _out_named("out [1] *"),
     Case("names", "a hidden image file", HANDLED, _with_hidden(".hidden.png"), check=_good_predicted),
     Case("names", "a file named only .png", HANDLED, _with_hidden(".png"), check=_good_predicted),
     Case(

@@ -373,6 +373,169 @@ CASES = [
         names=("tiny", "no licence"),
     ),
     plugin(
+        "a dataset whose mask is 0/255 uint8",
+        _dataset(
+            """
+        class Bytes(Tiny):
+            def load(self, sample):
+                image, mask = super().load(sample)
+                return image, mask.astype(np.uint8) * 255
+    """,
+            "Bytes",
+        ),
+        _train(),
+        REFUSED,
+        names=("tiny", "bool"),
+    ),
+    plugin(
+        "a dataset whose load() returns only the image",
+        _dataset(
+            """
+        class ImageOnly(Tiny):
+            def load(self, sample):
+                return super().load(sample)[0]
+    """,
+            "ImageOnly",
+        ),
+        _train(),
+        REFUSED,
+        names=("tiny", "pair"),
+    ),
+    plugin(
+        "a dataset whose classes is a string",
+        _dataset(
+            """
+        class Letters(Tiny):
+            classes = "nbm"
+    """,
+            "Letters",
+        ),
+        _train(),
+        REFUSED,
+        names=("tiny", "classes"),
+    ),
+    plugin(
+        "a dataset whose samples() raises",
+        _dataset(
+            """
+        class Offline(Tiny):
+            def samples(self, data_dir):
+                raise ConnectionError("the PACS is down")
+    """,
+            "Offline",
+        ),
+        _train(),
+        REFUSED,
+        names=("tiny", "PACS is down"),
+    ),
+    plugin(
+        "a dataset with a label beyond its classes",
+        _dataset(
+            """
+        class Beyond(Tiny):
+            def samples(self, data_dir):
+                found = super().samples(data_dir)
+                return [*found[:4], Sample(found[4].key, 5), *found[5:]]
+    """,
+            "Beyond",
+        ),
+        _train(),
+        REFUSED,
+        names=("tiny", "label"),
+    ),
+    plugin(
+        "a dataset with one key twice",
+        _dataset(
+            """
+        class Twice(Tiny):
+            def samples(self, data_dir):
+                found = super().samples(data_dir)
+                return [*found, found[0]]
+    """,
+            "Twice",
+        ),
+        _train(),
+        REFUSED,
+        names=("tiny", "normal/0.png"),
+    ),
+    plugin(
+        "a plugin registering a dataset under a number",
+        """
+        from dlmi import hookimpl
+
+        @hookimpl
+        def dlmi_register_datasets(register):
+            register(42, lambda: None)
+    """,
+        lambda ws: PLUGINS,
+        REFUSED,
+        names=("dlmi-hostile", "42"),
+    ),
+    plugin(
+        "a segmentation model whose mask is half the size",
+        """
+        import torch
+        from dlmi import hookimpl
+
+        class Half(torch.nn.Module):
+            def __init__(self, in_channels=1, out_channels=1, **options):
+                super().__init__()
+                self.conv = torch.nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1)
+
+            def forward(self, x):
+                return self.conv(x)
+
+        @hookimpl
+        def dlmi_register_models(register):
+            register("half", Half, task="segmentation")
+    """,
+        lambda ws: [
+            "train",
+            "segmenter",
+            "--dataset",
+            "busi",
+            "--data-dir",
+            str(ws.world.data),
+            "--model",
+            "half",
+            *SEGMENTER,
+            "--out",
+            str(ws.path("run")),
+        ],
+        REFUSED,
+        names=("half",),
+    ),
+    plugin(
+        "a loss that ignores the logits",
+        """
+        import torch
+        from dlmi import hookimpl
+
+        class Constant(torch.nn.Module):
+            def forward(self, logits, target):
+                return torch.tensor(1.0)
+
+        @hookimpl
+        def dlmi_register_losses(register):
+            register("constant", Constant, task="segmentation")
+    """,
+        lambda ws: [
+            "train",
+            "segmenter",
+            "--dataset",
+            "busi",
+            "--data-dir",
+            str(ws.world.data),
+            "--loss",
+            "constant",
+            *SEGMENTER,
+            "--out",
+            str(ws.path("run")),
+        ],
+        REFUSED,
+        names=("constant",),
+    ),
+    plugin(
         "a model with 7 logits for 3 classes",
         MODEL.replace("{forward}", "return self.linear(x.mean(dim=(1, 2, 3))[:, None])"),
         lambda ws: [

@@ -71,12 +71,13 @@ def synth_command(
 
     Example: `dlmi data synth --out demo_data --count 30 --size 128`
     """
+    from dlmi.datasets.base import list_samples
     from dlmi.datasets.writer import write_class_folders
     from dlmi.plugins import get_plugins
 
     source = get_plugins().datasets.create("synthetic", count=count, size=size, seed=seed)
     counts = write_class_folders(
-        source, source.samples(None), out, overwrite=overwrite,
+        source, list_samples(source, None), out, overwrite=overwrite,
         provenance={"options": {"count": count, "size": size, "seed": seed}},
     )
     described = ", ".join(f"{name} {n}" for name, n in counts.items())
@@ -124,13 +125,14 @@ def audit_command(
 
     Example: `dlmi data audit --dataset busi --data-dir ../shared/data/busi --sheet busi-groups.png`
     """
+    from dlmi.datasets.base import list_samples
     from dlmi.plugins import get_dataset
     from dlmi.splits.audit import MASK_IOU_LEVEL, audit_samples, check_threshold
     from dlmi.splits.contact_sheet import write_contact_sheet
 
     threshold = check_threshold(threshold)
     source = get_dataset(dataset)
-    samples = source.samples(data_dir)
+    samples = list_samples(source, data_dir)
     result = audit_samples(source, samples, threshold=threshold, data_dir=data_dir,
                            progress=_hash_progress(f"audit {dataset}"))
     sheet_path = None

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dlmi.datasets.base import DatasetSource, Sample, load_sample
+from dlmi.datasets.base import DatasetSource, Sample, list_samples, load_sample
 from dlmi.errors import DlmiError
 from dlmi.imageio import image_size
 
@@ -109,7 +109,7 @@ def _measure_generated(source: DatasetSource, sample: Sample, summary: ClassSumm
 
 def summarize(source: DatasetSource, data_dir: Path | None = None) -> DatasetSummary:
     """Count and measure every sample of ``source`` (a layout error is raised, a bad file is a problem)."""
-    samples = source.samples(data_dir)
+    samples = list_samples(source, data_dir)
     per_class = [ClassSummary(name) for name in source.classes]
     problems: list[str] = []
     for sample in samples:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from dlmi.atomic import write_json_atomic, write_text_atomic
-from dlmi.datasets.base import DatasetSource, Sample, load_sample, normal_index
+from dlmi.datasets.base import DatasetSource, Sample, list_samples, load_sample, normal_index
 from dlmi.errors import DlmiError
 from dlmi.evaluation.figures import PanelRow, confusion_matrix_png, panels_png
 from dlmi.evaluation.predict import SidePredictions, predict_side
@@ -131,7 +131,7 @@ def load_inputs(
     from dlmi.splits import load_split, split_samples
 
     split_obj = load_split(split_file)
-    samples = source.samples(data_path)
+    samples = list_samples(source, data_path)
     if split_obj.folds and fold is None:
         # An ensemble over the folds: its members trained on every development image, so there is no
         # held-out val side (its settings were chosen on out-of-fold predictions, see ensemble.json).

@@ -85,12 +85,12 @@ def _damage(target: Path, key: str) -> tuple[Path, str] | None:
 def resized_copy(dataset: str, data_dir: Path, size: int, cache_dir: Path | None = None) -> Path:
     """The folder of ``dataset``'s copy at ``size`` px (made when missing, stale or damaged); same layout and
     keys. ``cache_dir`` defaults to :func:`default_copy_dir`."""
-    from dlmi.datasets.base import load_sample
+    from dlmi.datasets.base import list_samples, load_sample
     from dlmi.datasets.loader import resize_image, resize_mask
     from dlmi.plugins import get_dataset
 
     source = get_dataset(dataset)
-    samples = source.samples(data_dir)
+    samples = list_samples(source, data_dir)
     if any(s.image_path is None or s.image_path.suffix.lower() != ".png" for s in samples):
         raise DlmiError(f"{data_dir}: a resized copy needs PNG images (keys keep their file names)")
     target = (cache_dir if cache_dir is not None else default_copy_dir()) / f"{dataset}-{size}px"

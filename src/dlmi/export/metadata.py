@@ -27,6 +27,7 @@ from typing import Any
 
 import onnx
 
+from dlmi.datasets.base import MAX_IMAGE_SIZE
 from dlmi.digest import file_digest
 from dlmi.errors import DlmiError
 
@@ -39,7 +40,6 @@ PREPROCESSING = {
 }
 
 EXPORT_MANIFEST = "export.json"  # what an export folder holds: sources, versions, parity numbers, sha256
-MAX_IMAGE_SIZE = 16384  # a side in pixels; more is an edited or corrupt value, not a model dlmi trains
 
 CLASSIFIER = "classifier"
 SEGMENTER = "segmenter"

@@ -172,7 +172,7 @@ def run_side_images(run_dir: str | os.PathLike[str], side: str, limit: int,
                     data_dir: str | os.PathLike[str] | None = None) -> ImageSet:
     """Up to ``limit`` images of one side (train, val, test) of a training run's split — of its own fold
     when it trained on one. For a fold ensemble: the sides of its first member (``fold-0``)."""
-    from dlmi.datasets.base import load_sample
+    from dlmi.datasets.base import list_samples, load_sample
     from dlmi.plugins import get_dataset
     from dlmi.runtime.ensemble import is_ensemble, read_manifest
     from dlmi.splits import load_split, split_samples
@@ -191,7 +191,7 @@ def run_side_images(run_dir: str | os.PathLike[str], side: str, limit: int,
         raise DlmiError(f"{run_dir}: its data folder {folder} is not here; give --data-dir "
                         "(or --calibration-dir and --check-dir)")
     fold = config.get("fold")
-    samples = split_samples(load_split(split_path), source.samples(folder), side,
+    samples = split_samples(load_split(split_path), list_samples(source, folder), side,
                             fold=int(fold) if fold is not None else None)
     if not samples:
         raise DlmiError(f"{split_path}: the {side} side is empty; give --calibration-dir and --check-dir")

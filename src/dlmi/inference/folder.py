@@ -56,7 +56,7 @@ from dlmi.inference.outputs import (
     write_image_outputs,
     write_tables,
 )
-from dlmi.inference.predictor import Predictor
+from dlmi.inference.predictor import Predictor, check_threshold
 from dlmi.inference.tiling import segment_tiled
 from dlmi.runtime.preprocess import as_float, model_input, resize_probabilities
 from dlmi.runtime.providers import clamp_threads
@@ -212,8 +212,7 @@ def choose_mode(predictor: Predictor, settings: PredictSettings) -> str:
 def _check(settings: PredictSettings, folder: Path, out: Path) -> None:
     if settings.batch_size < 1:
         raise DlmiError(f"--batch-size must be at least 1, got {settings.batch_size}")
-    if settings.threshold is not None and not 0.0 < settings.threshold < 1.0:
-        raise DlmiError(f"--threshold must be between 0 and 1 (a probability), got {settings.threshold}")
+    check_threshold(settings.threshold)
     if out.resolve() == folder.resolve():
         raise DlmiError(f"{out}: --out must not be the input folder itself (use a sub-folder or another one)")
 
@@ -475,6 +474,9 @@ def predict_folder(
     for earlier in listing.output_folders:
         log(f"left out {folder / earlier}: it holds an earlier dlmi predict output")
     files = listing.files
+    if not files and not listing.broken_links and listing.excluded:
+        patterns = " ".join(f"--exclude {p!r}" for p in settings.exclude)
+        raise DlmiError(f"{folder}: no images left: {patterns} left out all {listing.excluded} images")
     if not files and not listing.broken_links:
         raise DlmiError(f"{folder}: no images (png, jpg, jpeg, bmp, tif, dcm) under this folder")
     prepare_output(out)

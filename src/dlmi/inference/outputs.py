@@ -519,14 +519,18 @@ def write_tables(out: Path, records: Sequence[dict[str, Any]], *, classes: Seque
     """``predictions.csv`` and ``predictions.json`` (records in input order, the failures, the settings)."""
     mode = str(settings.get("mode", "aided"))
     text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
+    # RFC 4180 line ends: csv quotes a field holding any character of the line terminator, so with CRLF a
+    # name with a carriage return (not only a newline) is quoted and reads back whole.
+    writer = csv.writer(text, lineterminator="\r\n")
     dicom = any(record.get("frame") is not None for record in records)
     writer.writerow(csv_columns(classes, mode, dicom))
     for record in records:
         writer.writerow(_csv_row(record, classes, mode, dicom))
     public = [{k: v for k, v in r.items() if k not in PRIVATE_FIELDS} for r in records]
     try:
-        csv_path = write_atomic(out / CSV_NAME, lambda f: f.write(text.getvalue().encode("utf-8")))
+        # A file name that is not UTF-8 (held as surrogate escapes) is written \udcXX, as the JSON has it.
+        csv_bytes = text.getvalue().encode("utf-8", errors="backslashreplace")
+        csv_path = write_atomic(out / CSV_NAME, lambda f: f.write(csv_bytes))
         json_path = write_json_atomic(out / JSON_NAME, {
             "settings": settings, "classes": list(classes), "predictions": public, "failed": list(failed),
         })

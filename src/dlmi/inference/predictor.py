@@ -26,6 +26,16 @@ from dlmi.runtime.providers import clamp_threads, open_session, torch_device
 BACKENDS = ("onnx", "torch")
 
 
+def check_threshold(threshold: float | None, option: str = "--threshold") -> float | None:
+    """A lesion threshold the user gave (``dlmi predict --threshold``, ``load_predictor(threshold=)``),
+    checked: a probability from 0 to 1. A pixel is lesion where its probability is above it, so 1 means
+    nothing is lesion. ``None`` (the segmenter's own threshold) passes."""
+    if threshold is not None and not 0.0 <= threshold <= 1.0:  # also refuses NaN
+        raise DlmiError(f"{option} must be between 0 and 1 (a probability; 1: nothing is lesion), "
+                        f"got {threshold}")
+    return threshold
+
+
 @dataclass
 class ModelInfo:
     """What the loaded models need from the images and what they say."""

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from dlmi.datasets.base import DatasetSource, FileDataset, Sample, load_sample
+from dlmi.datasets.base import DatasetSource, FileDataset, Sample, list_samples, load_sample
 from dlmi.digest import file_digest
 from dlmi.errors import DlmiError
 from dlmi.imageio import image_size, read_mask
@@ -338,6 +338,6 @@ def audit_dataset(
     threshold = check_threshold(threshold)
     source = get_dataset(dataset_name)
     folder = Path(data_dir) if data_dir is not None else None
-    samples = source.samples(folder)
+    samples = list_samples(source, folder)
     return audit_samples(source, samples, threshold=threshold, data_dir=folder, cache=cache,
                          progress=progress)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dlmi.datasets.base import DatasetSource
+from dlmi.datasets.base import DatasetSource, list_samples
 from dlmi.errors import DlmiError
 from dlmi.splits.audit import Progress, audit_samples, check_threshold
 from dlmi.splits.cache import HashCache
@@ -83,7 +83,7 @@ def check_split(
     threshold = check_threshold(threshold if threshold is not None else split.threshold)
     source = source if source is not None else get_dataset(split.dataset)
     folder = Path(data_dir) if data_dir is not None else None
-    samples = source.samples(folder)
+    samples = list_samples(source, folder)
     named: list[str] = list(dict.fromkeys(
         [*split.train, *split.val, *split.test,
          *(k for fold in (split.folds or []) for side in ("train", "val") for k in fold[side])]))

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from dlmi.atomic import write_json_atomic
-from dlmi.datasets.base import DatasetSource, Sample
+from dlmi.datasets.base import DatasetSource, Sample, list_samples
 from dlmi.errors import DlmiError
 from dlmi.splits.audit import AuditResult, audit_samples, check_threshold
 from dlmi.splits.cache import HashCache
@@ -315,7 +315,7 @@ def make_split(
     threshold = check_threshold(threshold)
     source = source if source is not None else get_dataset(dataset_name)
     folder = Path(data_dir) if data_dir is not None else None
-    samples = source.samples(folder)
+    samples = list_samples(source, folder)
     if not samples:
         raise DlmiError(f"{folder or dataset_name}: the dataset has no images to split")
     audit = audit_samples(source, samples, threshold=threshold, data_dir=folder, cache=cache, masks=False)

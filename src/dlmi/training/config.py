@@ -207,10 +207,13 @@ class TrainConfig:
         """Every setting's type (its hint, :mod:`dlmi.arguments`), then its value; one line for the first
         that is wrong."""
         from dlmi.arguments import check_fields
+        from dlmi.datasets.base import MAX_IMAGE_SIZE
 
         check_fields(self, "training settings")
         checks = [
             (self.image_size >= 8, f"image_size must be at least 8, got {self.image_size}"),
+            (self.image_size <= MAX_IMAGE_SIZE,
+             f"image_size must be at most {MAX_IMAGE_SIZE} pixels, got {self.image_size}"),
             (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
             (self.workers >= 0, f"workers must be 0 or more, got {self.workers}"),

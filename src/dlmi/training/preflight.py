@@ -8,6 +8,7 @@ The loss is tried on a small batch of the shapes training gives it (``docs/plugi
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from dlmi.training.config import CLASSIFICATION, SEGMENTATION, TrainConfig
 
 TRIAL_BATCH = 2
 TRIAL_SIDE = 16
+BATCH_BYTES_PER_PIXEL = 8  # a collated batch: the float32 image and the float32 mask of every sample
 
 
 def loss_task(task: str) -> str:
@@ -143,3 +145,29 @@ def check_components(config: TrainConfig, num_classes: int, build_loss: Any) -> 
         raise DlmiError(f"{_described(loss_entry, 'loss')} cannot be built: "
                         f"{type(exc).__name__}: {exc}") from exc
     check_loss_output(loss, loss_entry, wanted, num_classes)
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes (``None`` where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_batch_memory(config: TrainConfig, train_samples: int, processes: int = 1) -> None:
+    """Refuse a batch that cannot fit in this machine's memory, before anything is allocated or written.
+
+    The estimate is a lower bound: one process's collated batch (``batch_size / processes`` samples, at
+    most the training samples there are) as float32 images and masks of ``image_size``², without the
+    model's activations — so a refusal is never wrong, though a run that passes may still run out.
+    """
+    memory = physical_memory()
+    batch = min(config.batch_size // max(processes, 1), train_samples)
+    needed = batch * config.image_size**2 * BATCH_BYTES_PER_PIXEL
+    if memory is not None and needed > memory:
+        raise DlmiError(
+            f"a batch of {batch} images of {config.image_size}x{config.image_size} pixels needs at least "
+            f"{needed / 2**30:.0f} GiB of memory, more than this machine's {memory / 2**30:.0f} GiB; lower "
+            f"--batch-size or --image-size"
+        )

@@ -40,7 +40,7 @@ from dlmi.training.data.split_data import (
 )
 from dlmi.training.folder.run_folder import RunFolder
 from dlmi.training.loop import TaskSteps, Trainer
-from dlmi.training.preflight import check_components
+from dlmi.training.preflight import check_batch_memory, check_components
 from dlmi.training.steps.aid import ClassifierGate, aid_split_path, load_aid
 from dlmi.training.steps.classification import ClassificationSteps, classification_loss
 from dlmi.training.steps.segmentation import SegmentationSteps
@@ -99,6 +99,7 @@ def _train(config: TrainConfig, context: DistributedContext, device: torch.devic
     # Every name, option and the loss's output are checked before the run folder is written, so a
     # mistake leaves nothing behind and the same command can be run again.
     check_logged_metric(config, data)
+    check_batch_memory(config, len(data.samples["train"]), context.world_size)
     check_components(config, len(data.classes), lambda: _build_loss(config, data))
     seed_everything(config.seed, config.deterministic)
     model = _create_model(_make_meta(config, data, run))

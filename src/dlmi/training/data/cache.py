@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from dlmi.cache import CorruptEntry, EntryStore, FileDigests, content_key
-from dlmi.datasets.base import DatasetSource, Sample
+from dlmi.datasets.base import DatasetSource, Sample, load_sample
 from dlmi.datasets.loader import ImageDataset, resize_image, resize_mask
 
 DISK_FORMAT = "v2"  # v2: entries sealed with a checksum (dlmi.cache)
@@ -168,7 +168,7 @@ class DiskCachedSource:
             hit = self.cache.get(key, size)
             if hit is not None:
                 return hit
-        image, mask = self.source.load(sample)
+        image, mask = load_sample(self.source, sample)  # the source's own result, checked before resizing
         image = resize_image(image, size)
         mask = None if mask is None else resize_mask(mask, size)
         if key is not None:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from dlmi.datasets.base import DatasetSource, Sample
+from dlmi.datasets.base import DatasetSource, Sample, list_samples
 from dlmi.errors import DlmiError
 from dlmi.training.compute.distributed import SINGLE_PROCESS, DistributedContext
 from dlmi.training.config import TrainConfig
@@ -48,7 +48,7 @@ def load_dataset_samples(config: TrainConfig) -> tuple[DatasetSource, list[Sampl
 
     source = get_dataset(config.dataset)
     data_dir = Path(config.data_dir) if config.data_dir else None
-    return source, source.samples(data_dir)
+    return source, list_samples(source, data_dir)
 
 
 def read_split(path: str | Path) -> Any:
