@@ -98,15 +98,6 @@ def test_resume_keeps_the_precision_and_may_change_speed_settings(config, tmp_pa
     assert json.loads((run_dir / "config.json").read_text())["precision"] == "fp32"
 
 
-def test_config_from_before_the_speed_settings_resumes_in_fp32(config, tmp_path: Path) -> None:
-    saved = config(tmp_path / "old").resolved().to_dict()
-    for key in ("precision", "channels_last", "compile", "cache", "sync_bn"):
-        saved.pop(key)
-    (tmp_path / "config.json").write_text(json.dumps(saved))
-    old = TrainConfig.load(tmp_path / "config.json")
-    assert (old.precision, old.channels_last, old.compile) == ("fp32", False, False)
-
-
 @pytest.mark.slow
 def test_cli_speed_flags(cli, tiny_busi, tmp_path: Path) -> None:
     data, split = tiny_busi
