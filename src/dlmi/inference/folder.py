@@ -58,6 +58,7 @@ from dlmi.inference.outputs import (
 )
 from dlmi.inference.predictor import Predictor, check_threshold
 from dlmi.inference.tiling import segment_tiled
+from dlmi.machine import machine_cpus
 from dlmi.runtime.preprocess import as_float, model_input, resize_probabilities
 from dlmi.runtime.providers import clamp_threads
 
@@ -83,7 +84,7 @@ class PredictSettings:
     def workers(self) -> int:
         """Reader threads: ``threads``, or min(4, CPU cores)."""
         threads = clamp_threads(self.threads, quiet=True)
-        return threads if threads else max(1, min(4, os.cpu_count() or 1))
+        return threads if threads else min(4, machine_cpus())
 
     def writers(self) -> int:
         """Writer threads: ``threads``, or 4 — writing mostly waits on the disk (each file is fsynced), so

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dlmi.errors import DlmiError, warn
+from dlmi.machine import machine_cpus
 
 if TYPE_CHECKING:
     import torch
@@ -72,13 +73,6 @@ def torch_device(choice: str) -> torch.device:
 
     return resolve_device(_check_choice(choice), option="--provider")
 
-
-def machine_cpus() -> int:
-    """The CPUs this process may run on (its affinity where the OS tells it)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 def clamp_threads(threads: int | None, *, quiet: bool = False) -> int | None:

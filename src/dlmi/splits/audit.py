@@ -9,7 +9,6 @@ resizing both to 64×64, is below :data:`MASK_IOU_LEVEL` (two empty masks agree)
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +23,7 @@ from dlmi.datasets.base import DatasetSource, FileDataset, Sample, list_samples,
 from dlmi.digest import file_digest
 from dlmi.errors import DlmiError
 from dlmi.imageio import image_size, read_mask
+from dlmi.machine import machine_cpus
 from dlmi.splits.cache import CachedHashes, HashCache, hash_key, pixel_digest
 from dlmi.splits.hashing import (
     DEFAULT_THRESHOLD,
@@ -172,7 +172,7 @@ def hash_samples(
     """Hash every sample (through the cache); image decoding and resizing run on a few threads."""
     cache = cache if cache is not None else HashCache()
     samples = list(samples)
-    workers = workers or min(4, os.cpu_count() or 1)
+    workers = workers or min(4, machine_cpus())
     results: list[tuple[str | None, CachedHashes, bool]] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for done, result in enumerate(pool.map(lambda s: _hash_one(source, s, cache), samples), start=1):

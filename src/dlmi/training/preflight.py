@@ -8,13 +8,13 @@ The loss is tried on a small batch of the shapes training gives it (``docs/plugi
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 from torch import nn
 
 from dlmi.errors import DlmiError
+from dlmi.machine import physical_memory
 from dlmi.registry import Entry
 from dlmi.training.config import CLASSIFICATION, SEGMENTATION, TrainConfig
 
@@ -146,13 +146,6 @@ def check_components(config: TrainConfig, num_classes: int, build_loss: Any) -> 
                         f"{type(exc).__name__}: {exc}") from exc
     check_loss_output(loss, loss_entry, wanted, num_classes)
 
-
-def physical_memory() -> int | None:
-    """This machine's memory in bytes (``None`` where the system does not say)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
 
 
 def check_batch_memory(config: TrainConfig, train_samples: int, processes: int = 1) -> None:

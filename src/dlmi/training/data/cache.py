@@ -20,7 +20,6 @@ after the cache, so it is drawn afresh every epoch.
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ import numpy as np
 from dlmi.cache import CorruptEntry, EntryStore, FileDigests, content_key
 from dlmi.datasets.base import DatasetSource, Sample, load_sample
 from dlmi.datasets.loader import ImageDataset, resize_image, resize_mask
+from dlmi.machine import physical_memory
 
 DISK_FORMAT = "v2"  # v2: entries sealed with a checksum (dlmi.cache)
 MEMORY_SHARE = 0.25  # of physical memory, for ``auto``
@@ -46,13 +46,6 @@ def resize_settings(image_size: int) -> list[str]:
     return [f"dlmi={__version__}", f"pillow={PIL.__version__}", f"size={image_size}",
             "preprocess=grey-uint8,bilinear-image,nearest-mask,or-merged-masks"]
 
-
-def physical_memory() -> int | None:
-    """Bytes of physical memory, where the platform says."""
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
-    except (AttributeError, OSError, ValueError):
-        return None
 
 
 def memory_bytes(samples: int, image_size: int) -> int:
