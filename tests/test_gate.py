@@ -6,6 +6,7 @@ The models are untrained joint networks written as checkpoints (no training: sec
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -148,3 +149,19 @@ def test_the_smallest_lesion_gates_tiled_prediction_too(ensemble, tile, tmp_path
     assert run(["predict", "--aided", str(images), "--models", str(copy), "--backend", "torch",
                 "--out", str(out), *(["--tile"] if tile else [])]) == 0
     assert set(gated_of(out).values()) == {True}
+
+
+def test_a_changed_ensemble_member_is_refused_by_the_torch_backend(ensemble, tmp_path):
+    """export.json records each fold member's sha256, so a member retrained or swapped since the export is
+    one line naming it, not a silently different ensemble."""
+    base, _, _, _ = ensemble
+    export = tmp_path / "exported"
+    shutil.copytree(base / "exported", export)
+    manifest = json.loads((export / "export.json").read_text())
+    members = manifest["segmenter"]["members"]
+    assert len(members) == 2 and all(len(m["sha256"]) == 64 for m in members)
+    members[1]["sha256"] = "0" * 64
+    (export / "export.json").write_text(json.dumps(manifest))
+    with pytest.raises(DlmiError) as exc:
+        open_predictor([export], backend="torch", aided=True, provider="cpu")
+    assert members[1]["checkpoint"] in str(exc.value) and "sha256" in str(exc.value)

@@ -249,6 +249,11 @@ def _check_source(entry: object, role: str, where: Path) -> None:
     if "sha256" in entry and not _is_sha256(entry["sha256"]):
         raise DlmiError(f"{where}: {role}.sha256 must be 64 lowercase hex digits, "
                         f"got {entry['sha256']!r:.80}")
+    members = entry.get("members", [])
+    if not isinstance(members, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("checkpoint"), str) and _is_sha256(m.get("sha256"))
+            for m in members):
+        raise DlmiError(f"{where}: {role}.members must be a list of {{checkpoint, sha256}} objects")
     meta = entry.get("meta", {})
     if not isinstance(meta, dict):
         raise DlmiError(f"{where}: {role}.meta must be an object, got {type(meta).__name__}")
@@ -328,6 +333,9 @@ def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
     manifest = _load_manifest(folder)
     for role in (CLASSIFIER, SEGMENTER):
         entry = manifest.get(role)
-        if entry is not None and Path(entry["checkpoint"]).is_file():
-            _verify(Path(entry["checkpoint"]), entry.get("sha256"), folder / EXPORT_MANIFEST)
+        if entry is None:
+            continue
+        for checked in [entry, *(entry.get("members") or [])]:  # an ensemble's members too
+            if isinstance(checked, dict) and Path(str(checked.get("checkpoint"))).is_file():
+                _verify(Path(checked["checkpoint"]), checked.get("sha256"), folder / EXPORT_MANIFEST)
     return manifest

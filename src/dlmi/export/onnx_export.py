@@ -361,8 +361,11 @@ def _manifest(exported: Sequence[Exported], cls: Source | None, seg: Source | No
     def source(s: Source | None) -> dict[str, Any] | None:
         if s is None:
             return None
-        return {"checkpoint": str(s.checkpoint), "sha256": file_digest(s.checkpoint),
-                "run_dir": s.meta.get("run_dir"), "training": s.training, "meta": s.meta}
+        entry = {"checkpoint": str(s.checkpoint), "sha256": file_digest(s.checkpoint),
+                 "run_dir": s.meta.get("run_dir"), "training": s.training, "meta": s.meta}
+        if s.meta.get("members"):  # a fold ensemble: its ensemble.json and each member's weights
+            entry["members"] = [{"checkpoint": str(m), "sha256": file_digest(m)} for m in s.meta["members"]]
+        return entry
 
     with_classes = cls if cls is not None else seg
     assert with_classes is not None
