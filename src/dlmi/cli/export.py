@@ -17,10 +17,12 @@ def _export_group() -> None:
 @app.command("onnx")
 def onnx_command(
     classifier: Path | None = typer.Option(
-        None, "--classifier", help="Classifier run folder (its best.pt), fold-ensemble folder or checkpoint file."
+        None, "--classifier",
+        help="Classifier run folder (its best.pt), fold-ensemble folder or checkpoint file.",
     ),
     segmenter: Path | None = typer.Option(
-        None, "--segmenter", help="Segmenter (U-Net or joint) run folder (its best.pt), fold-ensemble folder or checkpoint file."
+        None, "--segmenter",
+        help="Segmenter (U-Net or joint) run folder (its best.pt), fold-ensemble folder or checkpoint file.",
     ),
     out: Path = typer.Option(Path("exported"), "--out", help="Folder for the .onnx files and export.json."),
     fp16: bool = typer.Option(
