@@ -8,7 +8,7 @@ take a fixed S×S image (the classifier ends in a linear layer of a fixed width)
 Every file passes ``onnx.checker.check_model(full_check=True)`` and a parity check against PyTorch
 (:mod:`dlmi.export.parity`) before anything is written; a failure writes nothing and raises a
 :class:`DlmiError`. Files are written atomically, and ``export.json`` records the sources, the parity
-numbers and the versions.
+numbers and the versions; ``MODEL_CARD.md`` (:mod:`dlmi.export.model_card`) is written after it.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import onnx
 import torch
 from torch import nn
 
-from dlmi.atomic import write_atomic, write_json_atomic
+from dlmi.atomic import write_atomic
 from dlmi.datasets.base import normal_index as class_index
 from dlmi.digest import file_digest
 from dlmi.errors import DlmiError
@@ -40,6 +40,7 @@ from dlmi.export.metadata import (
     build_metadata,
     set_metadata,
 )
+from dlmi.export.model_card import write_manifest_and_card
 from dlmi.export.parity import ParityResult, check_parity
 from dlmi.runtime.graphs import AsHalf, ClassifierGraph, SegmenterGraph
 from dlmi.runtime.pairing import check_pair
@@ -340,7 +341,8 @@ def _write(exported: list[Exported], out: Path, cls: Source | None, seg: Source 
             stale.unlink()
             report.removed.append(stale)
     digests = {e.name: file_digest(out / e.name) for e in exported}
-    write_json_atomic(out / EXPORT_MANIFEST, _manifest(exported, cls, seg, digests))
+    manifest = _manifest(exported, cls, seg, digests)
+    write_manifest_and_card(out, manifest)  # export.json, then MODEL_CARD.md
     sources = {"classifier": cls, "segmenter": seg} if seg is not cls else {"joint model": seg}
     for role, source in sources.items():
         if source is not None and source.training is not None and not source.training["complete"]:

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from dlmi.atomic import write_atomic, write_json_atomic
+from dlmi.atomic import write_atomic
 from dlmi.digest import file_digest
 from dlmi.errors import DlmiError
 from dlmi.export.files import file_name
@@ -48,6 +48,7 @@ from dlmi.export.metadata import (
     read_metadata,
     set_metadata,
 )
+from dlmi.export.model_card import write_manifest_and_card
 
 INT8 = "int8"
 MIN_MASK_DICE = 0.98
@@ -398,5 +399,5 @@ def quantize_export(
         manifest["int8"] = {"calibration": calibration.description, "check": check.description,
                             "min_mask_dice": MIN_MASK_DICE, "min_class_agreement": MIN_CLASS_AGREEMENT,
                             "operators": list(QUANTIZED_OPS)}
-        write_json_atomic(manifest_path, manifest)
+        write_manifest_and_card(out, manifest)  # export.json, then MODEL_CARD.md (listing the int8 files)
     return report
