@@ -25,6 +25,7 @@ from dlmi.export.onnx_export import export_onnx
 from dlmi.runtime.checkpoint import save_checkpoint
 from dlmi.splits import save_split
 from dlmi.splits.split import Split
+from dlmi.training.config import TrainConfig
 
 SECTIONS = ("## Intended use", "## Data", "## Metrics", "## Calibration", "## Gate", "## Input",
             "## Known limits", "## Files", "## Run it with onnxruntime alone")
@@ -60,7 +61,7 @@ def test_the_export_writes_a_card_with_every_section_and_its_fields_in_export_js
     assert positions == sorted(positions)
     card = manifest["model_card"]
     assert card["file"] == MODEL_CARD and MODEL_CARD not in manifest["files"]
-    assert "not a medical or diagnostic device" in card["intended_use"] and card["intended_use"] in text
+    assert "Not a medical or diagnostic device" in card["intended_use"] and card["intended_use"] in text
     assert card["calibration"]["status"] == NOT_CALIBRATED and NOT_CALIBRATED in text
     assert card["gate"]["rule"] == "the mask is emptied (gated) where the arg-max class is normal"
     assert card["gate"]["rule"] in text
@@ -121,8 +122,9 @@ def classifier_run(exported, tmp_path_factory) -> Path:
     run.mkdir()
     payload = torch.load(cls_path, weights_only=True)
     save_checkpoint(run / "best.pt", {**payload, "meta": {**payload["meta"], "run_dir": str(run)}})
-    (run / "config.json").write_text(json.dumps({"task": "classification", "dataset": "busi",
-                                                 "data_dir": str(data), "image_size": CLASSIFIER_SIZE}))
+    config = TrainConfig(task="classification", dataset="busi", out=str(run), data_dir=str(data),
+                         image_size=CLASSIFIER_SIZE, epochs=1)
+    (run / "config.json").write_text(json.dumps(config.to_dict()))
     keys = {c: [f"{c}/{c} ({i}).png" for i in range(1, 5)] for c in CLASSES}
     split = Split(dataset="busi", seed=0, threshold=11, dlmi_version="test",
                   train=[*keys["normal"][:2], *keys["benign"][:3], *keys["malignant"][:2]],
