@@ -170,3 +170,24 @@ def test_the_card_reports_the_runs_evaluation_with_intervals_and_definitions(cla
     assert f"| classification.accuracy | {accuracy['value']:.3f} | {accuracy['low']:.3f}–" \
            f"{accuracy['high']:.3f} | 3 | {accuracy['definition']} |" in text
     assert NOT_EVALUATED not in text.split("## Metrics")[1].split("## Calibration")[0]
+
+
+def test_int8_files_join_the_card_with_their_sha256(exported, tmp_path):
+    from dlmi.export.quantize import quantize_export
+
+    models = Path(shutil.copytree(exported[0], tmp_path / "models"))
+    rng = np.random.default_rng(0)
+    for folder in ("cal", "check"):
+        (tmp_path / folder).mkdir()
+        for i in range(3):
+            image = rng.integers(0, 255, (40, 40), dtype=np.uint8)
+            Image.fromarray(image).save(tmp_path / folder / f"{i}.png")
+    quantize_export(models, calibration_dir=tmp_path / "cal", check_dir=tmp_path / "check")
+    text, manifest = card_of(models)
+    assert set(manifest["model_card"]["files"]) == set(manifest["files"]) == {
+        "classifier.onnx", "unet.onnx", "two_stage.onnx",
+        "classifier_int8.onnx", "unet_int8.onnx", "two_stage_int8.onnx"}
+    for name in ("classifier_int8.onnx", "two_stage_int8.onnx"):
+        digest = file_digest(models / name)
+        assert manifest["files"][name]["sha256"] == manifest["model_card"]["files"][name]["sha256"] == digest
+        assert f"| `{name}` | {manifest['files'][name]['kind']} | int8 | `{digest}` |" in text

@@ -45,9 +45,9 @@ LIMITS = (
     "Single-site data: trained and evaluated on one public dataset from one source; performance on other "
     "scanners, sites or populations is unknown.",
     "Trained from scratch (no pretrained weights) on a small dataset.",
-    "Images are resized to the sizes seen in training (below); other fields of view, resolutions or "
-    "modalities were not seen.",
 )
+SIZES_LIMIT = ("Images are resized to the sizes seen in training ({sizes}); other fields of view, "
+               "resolutions or modalities were not seen.")
 
 
 def _read_json(path: Path) -> Any:
@@ -299,13 +299,17 @@ def build_card(manifest: dict[str, Any]) -> dict[str, Any]:
                                 "calibrated; read them as scores, not as frequencies"},
         "gate": gate_fields(manifest),
         "input": input_fields(manifest),
-        "limits": list(LIMITS),
+        "limits": [*LIMITS, SIZES_LIMIT.format(sizes=", ".join(
+            f"{role} {n['image_size']} px" for role, n in networks.items()))],
         "files": {name: {"kind": entry.get("kind"), "precision": entry.get("precision"),
                          "sha256": entry.get("sha256")}
                   for name, entry in (manifest.get("files") or {}).items()},
         "usage": {"file": model_file, "requires": "pip install onnxruntime numpy pillow",
                   "python": usage_code(model_file)},
     }
+
+
+_COMPLETE = {True: "yes", False: "no (see export.json)", None: "not recorded (a checkpoint without its run)"}
 
 
 def _number(value: Any) -> str:
@@ -356,7 +360,7 @@ def render_card(card: dict[str, Any]) -> str:
         "# Model card", "",
         f"Exported by dlmi {card['dlmi_version']} on {card['created']}. Classes: "
         f"{', '.join(card['classes']) or '–'} (normal: {card['normal_class'] or '–'}). "
-        f"Training complete: {card['complete']}.", "", *networks, "",
+        f"Training runs finished: {_COMPLETE[card['complete']]}.", "", *networks, "",
         "## Intended use", "", card["intended_use"], "",
         "## Data", "", *[line for role, d in card["data"].items() for line in _data_lines(role, d)], "",
         "Groups: " + GROUP_RULE, "", "Split: " + SPLIT_RULE, "",
