@@ -191,3 +191,17 @@ def test_int8_files_join_the_card_with_their_sha256(exported, tmp_path):
         digest = file_digest(models / name)
         assert manifest["files"][name]["sha256"] == manifest["model_card"]["files"][name]["sha256"] == digest
         assert f"| `{name}` | {manifest['files'][name]['kind']} | int8 | `{digest}` |" in text
+
+
+def test_an_unreadable_split_or_eval_file_is_named_in_the_card_not_a_failed_export(classifier_run, tmp_path):
+    run = Path(shutil.copytree(classifier_run, tmp_path / "cls-run"))
+    payload = torch.load(run / "best.pt", weights_only=True)
+    save_checkpoint(run / "best.pt", {**payload, "meta": {**payload["meta"], "run_dir": str(run)}})
+    (run / "split.json").write_text("{not json")
+    (run / "eval-test.json").write_text("[1, 2]")
+    export_onnx(run, None, tmp_path / "out")
+    text, manifest = card_of(tmp_path / "out")
+    for part, name in (("data", "split.json"), ("metrics", "eval-test.json")):
+        entry = manifest["model_card"][part]["classifier"]
+        assert entry["status"] == "unreadable" and str(run / name) in entry["reason"]
+        assert "\n" not in entry["reason"] and entry["reason"] in text
