@@ -192,7 +192,8 @@ def test_cli_export_segmenter_only(tmp_path, cli):
     result = cli("export", "onnx", "--segmenter", str(seg_path), "--out", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
     assert "unet.onnx: parity ok" in result.stdout
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["export.json", "unet.onnx"]
+    expected = ["MODEL_CARD.md", "export.json", "unet.onnx"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == expected
 
 
 def test_cli_export_error_is_one_line(tmp_path, cli):
