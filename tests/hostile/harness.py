@@ -25,6 +25,21 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # A case's ``run`` returns CLI arguments (``dlmi ARGS``) or a callable (the Python API, called here).
 Invocation = Sequence[str] | Callable[[], Any]
 
+# The tiny U-Net training every battery case that trains starts from.
+SEGMENTER = [
+    "--image-size",
+    "32",
+    "--base-channels",
+    "4",
+    "--epochs",
+    "1",
+    "--device",
+    "cpu",
+    "--cache",
+    "none",
+    "-q",
+]
+
 
 @dataclass
 class Case:

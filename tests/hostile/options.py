@@ -7,23 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from hostile.harness import Case, Workspace
+from hostile.harness import SEGMENTER, Case, Workspace
 from hostile.make import predicted
 from hostile.outcome import HANDLED, REFUSED
-
-SEGMENTER = [
-    "--image-size",
-    "32",
-    "--base-channels",
-    "4",
-    "--epochs",
-    "1",
-    "--device",
-    "cpu",
-    "--cache",
-    "none",
-    "-q",
-]
 
 
 def train(

@@ -14,22 +14,8 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator
 
-from hostile.harness import Case, Workspace
+from hostile.harness import SEGMENTER, Case, Workspace
 from hostile.outcome import HANDLED, REFUSED, RunRecord
-
-SEGMENTER = [
-    "--image-size",
-    "32",
-    "--base-channels",
-    "4",
-    "--epochs",
-    "1",
-    "--device",
-    "cpu",
-    "--cache",
-    "none",
-    "-q",
-]
 
 # A tiny dataset plugin: 12 generated 32 px images (4 per class) whose ``samples``/``load`` a case replaces.
 DATASET = """
