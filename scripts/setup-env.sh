@@ -9,7 +9,7 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 PY=.venv/bin/python
 extra=""
-[ "${1:-}" = "dev" ] && extra="[dev]"
+[ "${1:-}" = "dev" ] && extra="[dev,dicom-seg,ray]"
 stamp=".venv/.dlmi-installed${extra:+-dev}"
 digest=$(cat pyproject.toml plugins/*/pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$digest" ] && "$PY" -c 'import dlmi, torch' 2>/dev/null; then

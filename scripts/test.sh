@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-env.sh dev
+bash scripts/system-packages.sh
 .venv/bin/ruff check src tests plugins benchmarks
 # One pytest worker per CPU (pytest-xdist), one torch/OpenMP thread each, so the workers do not oversubscribe the
 # cores: on this 2-core machine the suite took 278 s this way against 448 s in one process (same load).
