@@ -54,9 +54,19 @@ from dlmi.inference.outputs import (
     remove_orphan_temporaries,
     source_identity,
     write_image_outputs,
-    write_tables,
 )
 from dlmi.inference.predictor import Predictor, check_threshold
+from dlmi.inference.shards import (
+    Shard,
+    check_other_runs,
+    check_shard,
+    join_shard_logs,
+    listing_digest,
+    output_names,
+    own_temporaries,
+    shard_inputs,
+    write_ordered_tables,
+)
 from dlmi.inference.tiling import segment_tiled
 from dlmi.machine import machine_cpus
 from dlmi.runtime.preprocess import as_float, model_input, resize_probabilities
@@ -80,6 +90,8 @@ class PredictSettings:
     exclude: tuple[str, ...] = ()
     overlays: bool = True
     threads: int | None = None  # reader and writer threads each (None: min(4, CPU cores) readers, 4 writers)
+    num_shards: int | None = None  # shard ``shard_index`` of ``num_shards``: dlmi.inference.shards
+    shard_index: int | None = None
 
     def workers(self) -> int:
         """Reader threads: ``threads``, or min(4, CPU cores)."""
@@ -214,6 +226,7 @@ def _check(settings: PredictSettings, folder: Path, out: Path) -> None:
     if settings.batch_size < 1:
         raise DlmiError(f"--batch-size must be at least 1, got {settings.batch_size}")
     check_threshold(settings.threshold)
+    check_shard(settings.num_shards, settings.shard_index)
     if out.resolve() == folder.resolve():
         raise DlmiError(f"{out}: --out must not be the input folder itself (use a sub-folder or another one)")
 
@@ -481,22 +494,33 @@ def predict_folder(
     if not files and not listing.broken_links:
         raise DlmiError(f"{folder}: no images (png, jpg, jpeg, bmp, tif, dcm) under this folder")
     prepare_output(out)
-    with OutputLock.acquire(out, log):  # one run at a time writes into OUT
-        return _predict_locked(folder, out, predictor, settings, mode, listing, log, progress)
+    shard = check_shard(settings.num_shards, settings.shard_index)
+    # One run at a time writes into OUT, or one run per shard, each with its own lock.
+    with OutputLock.acquire(out, log, name=output_names(shard).lock):
+        check_other_runs(out, shard, log)
+        return _predict_locked(folder, out, predictor, settings, mode, listing, log, progress, shard)
 
 
 def _predict_locked(folder: Path, out: Path, predictor: Predictor, settings: PredictSettings, mode: str,
-                    listing: ImageListing, log: Callable[[str], None], progress: ProgressCallback | None
-                    ) -> PredictSummary:
-    """:func:`predict_folder` once OUT is locked."""
-    files = listing.files
-    removed = remove_orphan_temporaries(out)
+                    listing: ImageListing, log: Callable[[str], None], progress: ProgressCallback | None,
+                    shard: Shard | None = None) -> PredictSummary:
+    """:func:`predict_folder` once OUT is locked; ``shard``: this run's share of the inputs only."""
+    names = output_names(shard)
+    everything = [*listing.files, *listing.broken_links]
+    mine = set(shard_inputs(everything, shard))
+    files = [f for f in listing.files if f in mine]
+    elsewhere = {str(f) for f in everything if f not in mine}
+    owned = None if shard is None else own_temporaries(out, everything, mine, names)
+    removed = remove_orphan_temporaries(out, owned)
     if removed:
         log(f"removed {removed} temporary file(s) left in {out} by an interrupted run")
-    check_unique_outputs(files, out)
+    check_unique_outputs(listing.files, out)
+    if shard is not None:
+        log(f"shard {shard.index} of {shard.count}: {len(mine)} of {len(everything)} input files")
     prediction = _FolderPrediction(folder, out, predictor, settings, mode, log)
     for link in listing.broken_links:
-        prediction.fail(link, f"{folder / link}: a symbolic link to a file that does not exist")
+        if link in mine:
+            prediction.fail(link, f"{folder / link}: a symbolic link to a file that does not exist")
     workers = settings.workers()
     units: list[Unit] = []
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dlmi-scan") as scanner:
@@ -506,17 +530,26 @@ def _predict_locked(folder: Path, out: Path, predictor: Predictor, settings: Pre
             else:
                 units += found
     units = _writable_units(prediction, units)
-    prediction.progress = ProgressLog(out, prediction.output_settings(), overwrite=settings.overwrite)
+    prediction.progress = ProgressLog(out, prediction.output_settings(), overwrite=settings.overwrite,
+                                      name=names.progress)
     if prediction.progress.changed:
         log(f"{prediction.progress.path}: the earlier predictions in {out} were made with other settings "
             f"(changed: {', '.join(prediction.progress.changed)}); predicting every image again")
-    prediction.removed += prediction.progress.remove_stale(out, {u.key: prediction.stem(u) for u in units})
+    if shard is None:
+        joined = join_shard_logs(prediction.progress, out)
+        if joined:
+            log(f"joined the shards {', '.join(joined)} in {out}: their images count as done (same models "
+                "and settings, same files) and their shard files are now in progress.jsonl")
+    prediction.removed += prediction.progress.remove_stale(out, {u.key: prediction.stem(u) for u in units},
+                                                          elsewhere=elsewhere)
     pending = _pending(prediction, units)
     skipped = len(units) - len(pending)
     if skipped:
         log(f"{skipped} of {len(units)} images already done in {out} (use --overwrite to redo them)")
     size = None if (settings.tile or mode == CLASSIFY_MODE) else predictor.info.segmenter_size
     report = progress or _plain_progress(log)
+    shard_extra = None if shard is None else {
+        "shard": {"index": shard.index, "count": shard.count, "inputs": listing_digest(everything)}}
     failed_before = len(prediction.failed)
     step = settings.batch_size
     predicted = 0
@@ -564,8 +597,9 @@ def _predict_locked(folder: Path, out: Path, predictor: Predictor, settings: Pre
         done_records = prediction.finished_records(units)
         try:
             prediction.report_removed()
-            csv_path, _ = write_tables(out, done_records, classes=prediction.classes,
-                                       settings=prediction.output_settings(), failed=prediction.failed)
+            csv_path, _ = write_ordered_tables(out, done_records, classes=prediction.classes,
+                                               settings=prediction.output_settings(),
+                                               failed=prediction.failed, names=names, extra=shard_extra)
             saved = f"the {len(done_records)} images done are in {csv_path}"
         except OutputWriteError:
             saved = f"the {len(done_records)} images done are in {prediction.progress.path}"
@@ -575,8 +609,10 @@ def _predict_locked(folder: Path, out: Path, predictor: Predictor, settings: Pre
         writer.shutdown(wait=True, cancel_futures=True)
 
     prediction.report_removed()
-    csv_path, json_path = write_tables(out, prediction.finished_records(units), classes=prediction.classes,
-                                       settings=prediction.output_settings(), failed=prediction.failed)
+    csv_path, json_path = write_ordered_tables(out, prediction.finished_records(units),
+                                               classes=prediction.classes,
+                                               settings=prediction.output_settings(),
+                                               failed=prediction.failed, names=names, extra=shard_extra)
     return PredictSummary(out=out, total=len(units) + failed_before,
                           predicted=predicted, skipped=skipped, failed=prediction.failed, csv=csv_path,
                           json=json_path, running_on=predictor.running_on, mode=mode)

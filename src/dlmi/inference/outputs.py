@@ -40,6 +40,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -98,8 +99,9 @@ class OutputLock:
         self.path, self.token = path, token
 
     @classmethod
-    def acquire(cls, out: Path, log: Callable[[str], None] = print) -> OutputLock:
-        path = out / LOCK_NAME
+    def acquire(cls, out: Path, log: Callable[[str], None] = print, name: str = LOCK_NAME) -> OutputLock:
+        """Take OUT's lock ``name`` (a shard's run takes its own: :mod:`dlmi.inference.shards`)."""
+        path = out / name
         token = uuid.uuid4().hex
         mine = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "token": token}).encode()
         for _ in range(5):
@@ -118,6 +120,13 @@ class OutputLock:
             return cls(path, token)
         raise DlmiError(f"{out}: another dlmi predict keeps taking this folder's lock ({path}); wait for it "
                         "to end or choose another --out")
+
+    @classmethod
+    def check_free(cls, out: Path, path: Path, log: Callable[[str], None] = print) -> None:
+        """Refuse in one line while the lock ``path`` (another run's) is held by a running process; a dead
+        holder's lock is set aside."""
+        if path.exists():
+            cls._clear_if_stale(out, path, log)
 
     @staticmethod
     def _clear_if_stale(out: Path, path: Path, log: Callable[[str], None]) -> None:
@@ -267,15 +276,17 @@ def delete_outputs(out: Path, record: dict[str, Any]) -> bool:
     return found
 
 
-def remove_orphan_temporaries(out: Path) -> int:
-    """Delete the temporary files (``.NAME.XXXX.tmp``) a killed run left in OUT; how many there were."""
+def remove_orphan_temporaries(out: Path, owned: Callable[[Path], bool] | None = None) -> int:
+    """Delete the temporary files (``.NAME.XXXX.tmp``) a killed run left in OUT; how many there were.
+    ``owned`` (a shard's run) limits this to the temporaries of its own outputs: another shard may be
+    writing the others right now."""
     removed = 0
     candidates = [p for p in out.glob(".*.tmp")]
     for sub in (MASKS, OVERLAYS):
         if (out / sub).is_dir():
             candidates += [p for p in (out / sub).rglob(".*.tmp")]
     for path in candidates:
-        if path.is_file() and not path.is_symlink():
+        if path.is_file() and not path.is_symlink() and (owned is None or owned(path)):
             path.unlink(missing_ok=True)
             removed += 1
     return removed
@@ -368,9 +379,10 @@ class ProgressLog:
     a digest of the settings, so a record appended by a run with other models never counts as done.
     """
 
-    def __init__(self, out: Path, settings: dict[str, Any], *, overwrite: bool) -> None:
-        self.path = out / PROGRESS
+    def __init__(self, out: Path, settings: dict[str, Any], *, overwrite: bool, name: str = PROGRESS) -> None:
+        self.path = out / name
         self.settings = settings
+        self.overwrite = overwrite
         self.run = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         self.records: dict[str, dict[str, Any]] = {}
         self.earlier: dict[str, dict[str, Any]] = {}
@@ -389,22 +401,7 @@ class ProgressLog:
             raise OutputWriteError(f"{self.path}: cannot write ({exc.strerror or exc})") from exc
 
     def _read(self, settings: dict[str, Any], overwrite: bool) -> None:
-        text = self.path.read_bytes().decode("utf-8", errors="replace")
-        lines = text.split("\n")
-        torn = lines.pop()  # "" when the file ends with a newline, else a line cut short
-        try:
-            header = json.loads(lines[0]) if lines else None
-        except json.JSONDecodeError:
-            header = None
-        records: dict[str, dict[str, Any]] = {}
-        for line in lines[1:]:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and isinstance(record.get("file"), str):
-                records[record_key(record["file"], record.get("frame"))] = record
-        previous = header.get("settings") if isinstance(header, dict) else None
+        previous, records, lines, torn = read_progress(self.path)
         if overwrite or previous != settings:
             if previous != settings:
                 previous = previous if isinstance(previous, dict) else {}
@@ -459,13 +456,36 @@ class ProgressLog:
                 found = delete_outputs(out, record) or found
         return found
 
-    def remove_stale(self, out: Path, current: dict[str, str | None]) -> list[str]:
+    def adopt(self, settings: Any, records: dict[str, dict[str, Any]]) -> int:
+        """Take in the records of another log of OUT (a shard's): made with these settings (and no
+        ``overwrite``), those of images this log has no record of count as this log's; the others are kept in
+        ``earlier`` (their outputs may need removing). The log on disk is rewritten by :meth:`save`; how many
+        records were taken in as this log's."""
+        taken = 0
+        for key, record in records.items():
+            if settings == self.settings and not self.overwrite and record.get("run") == self.run:
+                if key not in self.records:
+                    self.records[key] = record
+                    taken += 1
+            else:
+                self.earlier.setdefault(key, record)
+        self.dirty = self.dirty or taken > 0
+        return taken
+
+    def remove_stale(self, out: Path, current: dict[str, str | None],
+                     elsewhere: AbstractSet[str] = frozenset()) -> list[str]:
         """Delete the outputs of every record whose input is not among ``current`` (key → output stem) any
         more, forget those records and save the log; the inputs whose outputs were removed. An earlier
-        record's outputs under another name than the input gets now are deleted too."""
+        record's outputs under another name than the input gets now are deleted too. A record whose file is
+        in ``elsewhere`` (another shard's input now) is forgotten, its outputs left to that shard."""
         removed = []
         for key in sorted({*self.records, *self.earlier} - set(current)):
             record = self.records.get(key) or self.earlier[key]
+            if record.get("file") in elsewhere:
+                self.records.pop(key, None)
+                self.earlier.pop(key, None)
+                self.dirty = True
+                continue
             if self.discard(out, key):
                 removed.append(record_label(record))
         for key, record in [*self.records.items(), *self.earlier.items()]:
@@ -481,6 +501,27 @@ class ProgressLog:
         if self.dirty:
             self._start(self.settings, self.records.values())
             self.dirty = False
+
+
+def read_progress(path: Path) -> tuple[Any, dict[str, dict[str, Any]], list[str], str]:
+    """A progress log's settings (``None`` when its first line is not a settings line), its records by
+    :func:`record_key`, its whole lines, and the last line when it was cut short (else ``""``)."""
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    lines = text.split("\n")
+    torn = lines.pop()  # "" when the file ends with a newline, else a line cut short
+    try:
+        header = json.loads(lines[0]) if lines else None
+    except json.JSONDecodeError:
+        header = None
+    records: dict[str, dict[str, Any]] = {}
+    for line in lines[1:]:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("file"), str):
+            records[record_key(record["file"], record.get("frame"))] = record
+    return (header.get("settings") if isinstance(header, dict) else None), records, lines, torn
 
 
 def record_label(record: dict[str, Any]) -> str:
@@ -515,8 +556,10 @@ def _csv_row(record: dict[str, Any], classes: Sequence[str], mode: str, dicom: b
 
 
 def write_tables(out: Path, records: Sequence[dict[str, Any]], *, classes: Sequence[str],
-                 settings: dict[str, Any], failed: Sequence[dict[str, str]]) -> tuple[Path, Path]:
-    """``predictions.csv`` and ``predictions.json`` (records in input order, the failures, the settings)."""
+                 settings: dict[str, Any], failed: Sequence[dict[str, str]], csv_name: str = CSV_NAME,
+                 json_name: str = JSON_NAME, extra: dict[str, Any] | None = None) -> tuple[Path, Path]:
+    """``predictions.csv`` and ``predictions.json`` (records in input order, the failures, the settings);
+    a shard's run names its own (``csv_name``, ``json_name``) and adds what identifies it (``extra``)."""
     mode = str(settings.get("mode", "aided"))
     text = io.StringIO()
     # RFC 4180 line ends: csv quotes a field holding any character of the line terminator, so with CRLF a
@@ -530,9 +573,10 @@ def write_tables(out: Path, records: Sequence[dict[str, Any]], *, classes: Seque
     try:
         # A file name that is not UTF-8 (held as surrogate escapes) is written \udcXX, as the JSON has it.
         csv_bytes = text.getvalue().encode("utf-8", errors="backslashreplace")
-        csv_path = write_atomic(out / CSV_NAME, lambda f: f.write(csv_bytes))
-        json_path = write_json_atomic(out / JSON_NAME, {
-            "settings": settings, "classes": list(classes), "predictions": public, "failed": list(failed),
+        csv_path = write_atomic(out / csv_name, lambda f: f.write(csv_bytes))
+        json_path = write_json_atomic(out / json_name, {
+            "settings": settings, **(extra or {}), "classes": list(classes), "predictions": public,
+            "failed": list(failed),
         })
     except OSError as exc:
         raise OutputWriteError(f"{out}: cannot write the prediction tables ({exc.strerror or exc})") from exc
