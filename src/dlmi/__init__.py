@@ -29,7 +29,8 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 _LAZY = {
     **{name: "dlmi.api" for name in (
         "train_classifier", "train_segmenter", "train_joint", "evaluate", "export_onnx", "load_predictor",
-        "EvaluationReport", "Estimate", "MaskScores", "ImagePredictor", "Prediction",
+        "EvaluationReport", "Estimate", "MaskScores", "ImagePredictor", "Prediction", "predict",
+        "merge_predictions",
     )},
     "DatasetSource": "dlmi.datasets.base",
     "Sample": "dlmi.datasets.base",

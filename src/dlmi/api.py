@@ -19,7 +19,7 @@ function runs, not when ``dlmi`` is imported.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +32,9 @@ from dlmi.errors import DlmiError
 if TYPE_CHECKING:
     from dlmi.datasets.base import DatasetSource
     from dlmi.export.onnx_export import ExportReport
+    from dlmi.inference.folder import PredictSummary
     from dlmi.inference.predictor import Predictor
+    from dlmi.inference.shards import MergeSummary
 
 PathLike = str | os.PathLike[str]
 
@@ -409,8 +411,8 @@ class Prediction:
         return None if self.probs is None else self.classes[int(np.argmax(self.probs))]
 
 
-def as_grey(image: np.ndarray) -> np.ndarray:
-    """An image array as uint8 (H, W) grey, read the way an image file is.
+def as_grey(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """An image array as uint8 (H, W) grey, read the way an image file is (``name``: how errors call it).
 
     (H, W), (H, W, 1), RGB (H, W, 3) or RGBA (H, W, 4). uint8 as it is; bool as 0/255; floats within 0–1 as
     intensities (×255); any other range (16-bit, Hounsfield, …) stretched from its min to its max, like a
@@ -422,16 +424,16 @@ def as_grey(image: np.ndarray) -> np.ndarray:
     from dlmi.imageio import stretch_to_grey, to_grey
 
     if isinstance(image, str | os.PathLike):
-        raise DlmiError(f"image: expected a numpy array, got the path {os.fspath(image)!r:.80} (read the "
+        raise DlmiError(f"{name}: expected a numpy array, got the path {os.fspath(image)!r:.80} (read the "
                         f"file first, or predict a folder with `dlmi predict`)")
     try:
         array = np.asarray(image)
     except ValueError:  # numpy refuses rows of different lengths
-        raise DlmiError(f"image: a ragged {type(image).__name__} (rows of different lengths), not an (H, W) "
+        raise DlmiError(f"{name}: a ragged {type(image).__name__} (rows of different lengths), not an (H, W) "
                         f"array") from None
     if array.dtype != bool and not np.issubdtype(array.dtype, np.integer) \
             and not np.issubdtype(array.dtype, np.floating):
-        raise DlmiError(f"image: expected an array of numbers (bool, integer or float), got dtype "
+        raise DlmiError(f"{name}: expected an array of numbers (bool, integer or float), got dtype "
                         f"{array.dtype}")
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
@@ -441,17 +443,17 @@ def as_grey(image: np.ndarray) -> np.ndarray:
         else:
             return to_grey(Image.fromarray(array, "RGB" if array.shape[2] == 3 else "RGBA"))
     if array.ndim != 2:
-        raise DlmiError(f"image: expected an array of shape (H, W) or (H, W, C) with C in 1, 3, 4, got "
+        raise DlmiError(f"{name}: expected an array of shape (H, W) or (H, W, C) with C in 1, 3, 4, got "
                         f"{array.shape}")
     if array.size == 0:
-        raise DlmiError(f"image: an empty array of shape {array.shape}")
+        raise DlmiError(f"{name}: an empty array of shape {array.shape}")
     if array.dtype == np.uint8:
         return array
     if array.dtype == bool:
         return array.astype(np.uint8) * 255
     values = array.astype(np.float64)
     if not np.isfinite(values).all():
-        raise DlmiError("image: the array holds NaN or infinite values")
+        raise DlmiError(f"{name}: the array holds NaN or infinite values")
     low, high = float(values.min()), float(values.max())
     if np.issubdtype(array.dtype, np.floating) and low >= 0.0 and high <= 1.0:
         return np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8)
@@ -507,6 +509,23 @@ class ImagePredictor:
         classes = self.classes if probs is not None else ()
         return Prediction(full > self.threshold, full, probs, classes, gated)
 
+    def predict_batch(self, arrays: Sequence[np.ndarray], batch_size: int = 8) -> list[dict[str, Any]]:
+        """Predict a list of image arrays of any sizes (each as :meth:`predict` takes it), ``batch_size`` at
+        a time: the records ``dlmi predict`` writes in predictions.json, with ``index`` (the position in
+        ``arrays``) for ``file`` and ``mask`` the bool (H, W) mask itself (no overlay); ``None`` masks for a
+        classifier alone. A bad array is one :class:`DlmiError` naming its index (``arrays[3]: …``)."""
+        from dlmi.inference.folder import predict_arrays
+
+        if isinstance(arrays, np.ndarray | str | bytes) or not isinstance(arrays, Sequence | Iterable):
+            shape = f" of shape {arrays.shape}" if isinstance(arrays, np.ndarray) else ""
+            raise DlmiError(f"arrays: expected a list of image arrays, got a {type(arrays).__name__}{shape} "
+                            "(wrap one image in a list: [image])")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise DlmiError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
+        greys = [as_grey(array, f"arrays[{index}]") for index, array in enumerate(arrays)]
+        return predict_arrays(self.backend, greys, aided=self.aided, threshold=self.threshold,
+                              batch_size=batch_size)
+
 
 def _looks_trained(path: Path) -> bool:
     """A checkpoint or a run folder (PyTorch), as opposed to an export folder (ONNX)."""
@@ -534,7 +553,58 @@ def load_predictor(
     return ImagePredictor(opened, aided=aided, threshold=threshold)
 
 
+@checked
+def predict(
+    folder: PathLike, models: PathLike | Sequence[PathLike] = "exported", *, out: PathLike = "predictions",
+    aided: bool = False, backend: str | None = None, provider: str = "auto", batch_size: int = 8,
+    threshold: float | None = None, tile: bool = False, overwrite: bool = False, threads: int | None = None,
+    fp16: bool = False, int8: bool = False, exclude: Sequence[str] = (), overlays: bool = True,
+    num_shards: int | None = None, shard_index: int | None = None, quiet: bool = False,
+) -> PredictSummary:
+    """``dlmi predict FOLDER``: every image under ``folder`` into ``out`` (masks, overlays, the tables);
+    ``num_shards``/``shard_index``: this run's shard only (``predictions-I-of-N.csv/json``; join them with
+    :func:`merge_predictions`). ``backend`` as in :func:`load_predictor`; lines go to stderr unless
+    ``quiet``. Returns what was done (``.predicted``, ``.failed``, ``.csv``, ``.json``)."""
+    import sys
+
+    from dlmi.inference.folder import PredictSettings, predict_folder
+    from dlmi.inference.predictor import check_threshold, open_predictor
+    from dlmi.inference.shards import check_shard
+
+    check_threshold(threshold, "threshold")
+    check_shard(num_shards, shard_index)
+    paths = [Path(models)] if isinstance(models, str | os.PathLike) else [Path(m) for m in models]
+    if backend is None:
+        backend = "torch" if any(_looks_trained(p) for p in paths) else "onnx"
+    opened = open_predictor(paths, backend=backend, provider=provider, aided=aided, tile=tile,
+                            threads=threads, fp16=fp16, int8=int8)
+    patterns = (exclude,) if isinstance(exclude, str) else tuple(exclude)
+    settings = PredictSettings(aided=aided, tile=tile, threshold=threshold, batch_size=batch_size,
+                               overwrite=overwrite, exclude=patterns, overlays=overlays,
+                               threads=threads, num_shards=num_shards, shard_index=shard_index)
+
+    def log(message: str) -> None:
+        if not quiet:
+            print(f"dlmi: {message}", file=sys.stderr)
+
+    return predict_folder(folder, out, opened, settings, log=log, progress=None if not quiet else _silent)
+
+
+def _silent(done: int, failed: int, total: int) -> None:
+    """A progress callback that says nothing."""
+
+
+@checked
+def merge_predictions(out: PathLike) -> MergeSummary:
+    """``dlmi predict merge OUT``: the shards' tables in ``out`` joined into predictions.csv / .json (one
+    :class:`DlmiError` naming the shard when one is missing or disagrees on the models or settings)."""
+    from dlmi.inference.shards import merge_shards
+
+    return merge_shards(out, log=lambda message: None)
+
+
 __all__ = [
     "EvaluationReport", "Estimate", "ImagePredictor", "MaskScores", "Prediction", "as_grey", "dataset_name",
-    "evaluate", "export_onnx", "load_predictor", "train_classifier", "train_joint", "train_segmenter",
+    "evaluate", "export_onnx", "load_predictor", "merge_predictions", "predict", "train_classifier",
+    "train_joint", "train_segmenter",
 ]

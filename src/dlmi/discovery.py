@@ -20,6 +20,7 @@ from dlmi.imageio import is_image_file
 
 PREDICTIONS_JSON = "predictions.json"
 PROGRESS_LOG = "progress.jsonl"
+SHARD_PROGRESS_LOGS = "progress-*-of-*.jsonl"
 PREDICTIONS_KIND_KEYS = ("settings", "predictions")
 
 
@@ -38,10 +39,12 @@ def is_prediction_output(folder: Path) -> bool:
     """Whether ``folder`` holds the output of a ``dlmi predict`` run (finished or interrupted)."""
     log, table = folder / PROGRESS_LOG, folder / PREDICTIONS_JSON
     try:
-        if log.is_file():
-            header = json.loads(_first_line(log))
-            if isinstance(header, dict) and "settings" in header:
-                return True
+        # a shard's run (dlmi predict --num-shards) writes progress-I-of-N.jsonl instead
+        for path in [log, *sorted(folder.glob(SHARD_PROGRESS_LOGS))[:1]]:
+            if path.is_file():
+                header = json.loads(_first_line(path))
+                if isinstance(header, dict) and "settings" in header:
+                    return True
         if table.is_file():
             data = json.loads(table.read_text(encoding="utf-8"))
             return isinstance(data, dict) and all(k in data for k in PREDICTIONS_KIND_KEYS)

@@ -7,8 +7,11 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import click
 import typer
+from typer.core import TyperCommand
 
 EXIT_SKIPPED = 1  # some input files could not be predicted; 2 (a DlmiError) is a usage/model/output error
 
@@ -94,6 +97,15 @@ def predict_command(
     overlays: bool = typer.Option(
         True, "--overlays/--no-overlays", help="Also write an overlay PNG per image (lesion in red)."
     ),
+    # Past one machine (docs/distributed.md): this run's share of the inputs.
+    num_shards: int | None = typer.Option(
+        None, "--num-shards", help="Split the inputs into N shards (sorted paths, every N-th); with "
+                                   "--shard-index. Join them with `dlmi predict merge OUT`."
+    ),
+    shard_index: int | None = typer.Option(
+        None, "--shard-index", help="Which shard this run predicts, 0 to N-1 (writes "
+                                    "predictions-I-of-N.csv/json)."
+    ),
 ) -> None:
     """Predict a lesion mask for every image under FOLDER: a mask PNG at the image's size, an overlay
     PNG, and predictions.csv / predictions.json in OUT. With --aided, the classifier runs first and
@@ -108,17 +120,25 @@ def predict_command(
     link to nothing, or an output name too long; each is named on stderr and listed in predictions.json);
     **2** a usage, model or output error (one line; nothing more is predicted).
 
+    Past one machine: N runs with `--num-shards N --shard-index I` (0 to N-1) each predict every N-th input
+    (by sorted path) into the same OUT, writing predictions-I-of-N.csv/json; `dlmi predict merge OUT` joins
+    them into predictions.csv/json (so does the next run without shards into OUT). A folder of images named
+    `merge` is written `./merge`.
+
     Example: `dlmi predict --aided scans/ --models exported/ --out predictions/ --exclude '*_mask*'`
     """
     from dlmi.inference.folder import PredictSettings, predict_folder
     from dlmi.inference.predictor import open_predictor
+    from dlmi.inference.shards import check_shard
+
+    check_shard(num_shards, shard_index)  # before the models are opened
 
     predictor = open_predictor(models or [], backend=backend, provider=provider, aided=aided, tile=tile,
                                threads=threads or None, fp16=fp16, int8=int8)
     typer.echo(f"running on: {predictor.running_on}")
     settings = PredictSettings(aided=aided, tile=tile, threshold=threshold, batch_size=batch_size,
                                overwrite=overwrite, exclude=tuple(exclude or ()), overlays=overlays,
-                               threads=threads or None)
+                               threads=threads or None, num_shards=num_shards, shard_index=shard_index)
     with progress_display(sys.stderr.isatty()) as (log, progress):
         summary = predict_folder(folder, out, predictor, settings, log=log, progress=progress)
     typer.echo(
@@ -132,5 +152,43 @@ def predict_command(
         raise typer.Exit(EXIT_SKIPPED)
 
 
+def merge_command(
+    out: Path = typer.Argument(..., help="The --out folder the shards wrote into."),
+) -> None:
+    """Join the shards' tables in OUT (predictions-I-of-N.csv/json, from `dlmi predict --num-shards N
+    --shard-index I`) into predictions.csv / predictions.json, the same bytes one run without shards writes.
+    Refused in one line when a shard is missing or still running, or when two shards were made with other
+    models or settings or from another list of inputs (naming the shard).
+
+    Example: `dlmi predict merge predictions/`
+    """
+    from dlmi.inference.shards import merge_shards
+
+    summary = merge_shards(out, log=lambda message: typer.echo(f"dlmi: {message}", err=True))
+    typer.echo(f"{summary.shards} shards: {summary.predicted} images predicted, {summary.failed} skipped")
+    typer.echo(f"outputs: {summary.csv}, {summary.json}")
+
+
+MERGE = "merge"
+
+
+class PredictCommand(TyperCommand):
+    """``dlmi predict``, which also answers ``dlmi predict merge OUT`` (a command cannot hold a sub-command
+    beside its own FOLDER argument in Click, so the first word chooses)."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        if args and args[0] == MERGE:
+            merge = typer.main.get_command(_merge_app())
+            return merge.make_context(f"{info_name} {MERGE}", args[1:], parent=parent, **extra)
+        return super().make_context(info_name, args, parent=parent, **extra)
+
+
+def _merge_app() -> typer.Typer:
+    app = typer.Typer(add_completion=False, rich_markup_mode="markdown", pretty_exceptions_enable=False)
+    app.command("merge")(merge_command)
+    return app
+
+
 def install(app: typer.Typer) -> None:
-    app.command("predict")(predict_command)
+    app.command("predict", cls=PredictCommand)(predict_command)

@@ -297,12 +297,7 @@ class _FolderPrediction:
         if unit.frame is not None:  # DICOM: which frame, and the UIDs (never a patient identifier)
             record.update(frame=unit.frame, frames=unit.frames, sop_instance_uid=unit.sop_instance_uid,
                           series_instance_uid=unit.series_instance_uid)
-        record.update({"class": None, "probabilities": None, "gated": None})
-        if class_probs is not None:
-            record["class"] = self.classes[int(np.argmax(class_probs))]
-            record["probabilities"] = {c: round(float(p), 6) for c, p in zip(self.classes, class_probs,
-                                                                               strict=True)}
-            record["gated"] = bool(gated) if gated is not None else None
+        record.update(class_fields(self.classes, class_probs, gated))
         return record
 
     def record(self, item: Loaded, mask: np.ndarray | None, class_probs: np.ndarray | None,
@@ -319,10 +314,7 @@ class _FolderPrediction:
             except OutputNameError as exc:  # this image's name only: skip it, the others go on
                 delete_outputs(self.out, {"mask": mask_path(stem), "overlay": overlay_path(stem)})
                 return Skipped(item.unit, str(exc))
-            height, width = mask.shape
-            pixels = int(mask.sum())
-            record.update(lesion_pixels=pixels, lesion_fraction=pixels / float(height * width),
-                          width=width, height=height, mask=masks, overlay=overlays)
+            record.update(lesion_fields(mask), mask=masks, overlay=overlays)
         record["source"] = item.source
         return record
 
@@ -397,6 +389,64 @@ class _FolderPrediction:
     def finished_records(self, units: Sequence[Unit]) -> list[dict[str, Any]]:
         assert self.progress is not None
         return [self.progress.records[u.key] for u in units if u.key in self.progress.records]
+
+
+def class_fields(classes: Sequence[str], class_probs: np.ndarray | None,
+                 gated: bool | None) -> dict[str, Any]:
+    """A record's ``class``, ``probabilities`` (rounded to 6 places) and ``gated`` (``None`` without a
+    classifier)."""
+    if class_probs is None:
+        return {"class": None, "probabilities": None, "gated": None}
+    return {"class": classes[int(np.argmax(class_probs))],
+            "probabilities": {c: round(float(p), 6) for c, p in zip(classes, class_probs, strict=True)},
+            "gated": bool(gated) if gated is not None else None}
+
+
+def lesion_fields(mask: np.ndarray) -> dict[str, Any]:
+    """A record's ``lesion_pixels``, ``lesion_fraction``, ``width`` and ``height`` of a bool mask."""
+    height, width = mask.shape
+    pixels = int(mask.sum())
+    return {"lesion_pixels": pixels, "lesion_fraction": pixels / float(height * width), "width": width,
+            "height": height}
+
+
+def predict_arrays(predictor: Predictor, images: Sequence[np.ndarray], *, aided: bool,
+                   threshold: float | None = None, batch_size: int = 8) -> list[dict[str, Any]]:
+    """The records ``dlmi predict`` writes, for grey uint8 (H, W) arrays of any sizes: ``index`` (the
+    position in ``images``) where a file's record has ``file``, ``mask`` the bool (H, W) mask itself (no
+    overlay); the same computation as :class:`_FolderPrediction` (each image resized to the model's size, so
+    any sizes share a batch of ``batch_size``; the mask probabilities resized back and cut at the
+    threshold)."""
+    settings = PredictSettings(aided=aided, threshold=threshold, batch_size=batch_size)
+    mode = choose_mode(predictor, settings)
+    info = predictor.info
+    classes = info.classes if mode in (AIDED_MODE, CLASSIFY_MODE) else []
+    cut = float(threshold if threshold is not None else info.threshold)
+    records: list[dict[str, Any]] = []
+    for start in range(0, len(images), max(1, batch_size)):
+        chunk = images[start:start + max(1, batch_size)]
+        if mode == CLASSIFY_MODE:
+            assert info.classifier_size is not None
+            class_probs = predictor.classify(np.stack([model_input(g, info.classifier_size) for g in chunk]))
+            records += [{"index": start + j, **class_fields(classes, class_probs[j], None), "mask": None}
+                        for j in range(len(chunk))]
+            continue
+        assert info.segmenter_size is not None
+        batch = np.stack([model_input(g, info.segmenter_size) for g in chunk])
+        if mode == AIDED_MODE:
+            probs, mask_probs, gated = predictor.two_stage(batch)
+        else:
+            probs, mask_probs, gated = None, predictor.segment(batch), None
+        for j, grey in enumerate(chunk):
+            is_gated = None if gated is None else bool(gated[j])
+            if is_gated:
+                mask = np.zeros(grey.shape, dtype=bool)
+            else:
+                mask = resize_probabilities(mask_probs[j, 0], *grey.shape) > cut
+            records.append({"index": start + j,
+                            **class_fields(classes, None if probs is None else probs[j], is_gated),
+                            **lesion_fields(mask), "mask": mask})
+    return records
 
 
 def _job(function: Callable[..., dict[str, Any] | Skipped],
