@@ -258,14 +258,14 @@ def merge_shards(out: str | os.PathLike[str], log: Callable[[str], None] = print
         raise DlmiError(f"{out}: holds shard tables of runs in {counts} shards; delete one run's "
                         "predictions-I-of-N.* files and merge again")
     count, found = next(iter(tables.items()))
+    for index in range(count):  # a shard still running: its table is not there yet, or not final
+        OutputLock.check_free(out, out / output_names(Shard(index, count)).lock, log)
     missing = [i for i in range(count) if i not in found]
     if missing:
         names = ", ".join(f"predictions-{i}-of-{count}.json" for i in missing)
         raise DlmiError(f"{out}: shard {missing[0]} of {count} is missing ({names} not there); run "
                         f"`dlmi predict FOLDER --out {out} --num-shards {count} --shard-index {missing[0]}` "
                         "and merge again")
-    for index in range(count):
-        OutputLock.check_free(out, out / output_names(Shard(index, count)).lock, log)
     first = _read_table(found[0])
     records: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
