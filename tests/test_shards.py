@@ -146,6 +146,7 @@ def test_the_next_unsharded_run_joins_the_shards(exported, scans, unsharded, tmp
     assert tree(out) == tree(unsharded)
 
 
+@pytest.mark.slow
 def test_two_shards_at_once_in_one_out(exported, scans, unsharded, tmp_path):
     """Two processes write shards 0 and 1 of 2 into one OUT at the same time: neither blocks the other."""
     models, _, _ = exported
