@@ -5,6 +5,7 @@ images; a bad array is one line naming its index. Real exported ONNX models and 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,8 @@ def test_batch_equals_one_predict_per_image_and_the_cli_records(exported, tmp_pa
 def test_batch_sizes_do_not_change_the_records(exported):
     models, _, _ = exported
     predictor = dlmi.load_predictor(models, aided=True, provider="cpu")
-    one, many = predictor.predict_batch(images(), batch_size=1), predictor.predict_batch(images(), batch_size=16)
+    one = predictor.predict_batch(images(), batch_size=1)
+    many = predictor.predict_batch(images(), batch_size=16)
     for a, b in zip(one, many, strict=True):
         assert np.array_equal(a.pop("mask"), b.pop("mask")) and a == b
     assert predictor.predict_batch([]) == []
@@ -116,7 +118,7 @@ def test_a_bad_array_is_one_line_naming_its_index(exported, bad, cause):
 ])
 def test_not_a_list_of_arrays(exported, arrays, cause):
     models, _, _ = exported
-    with pytest.raises(DlmiError, match=rf"^arrays: expected a list of image arrays, {__import__('re').escape(cause)}"):
+    with pytest.raises(DlmiError, match="^arrays: expected a list of image arrays, " + re.escape(cause)):
         dlmi.load_predictor(models, provider="cpu").predict_batch(arrays)
     with pytest.raises(DlmiError, match="batch_size"):
         dlmi.load_predictor(models, provider="cpu").predict_batch([], batch_size=0)
