@@ -7,6 +7,9 @@ Layout of OUT::
                                    PNG; not written with ``overlays=False``)
     progress.jsonl                 the settings, then one line per finished image (appended as it finishes)
     predictions.csv / .json        every image's record, rewritten at the end of each run
+    predictions-I-of-N.csv / .json, progress-I-of-N.jsonl, .dlmi-predict-I-of-N.lock
+                                   a shard's run instead (``--num-shards N --shard-index I``;
+                                   :mod:`dlmi.inference.shards`)
 
 ``<relative path>`` is the image's path under FOLDER with its full file name (``sub/a.PNG`` →
 ``masks/sub/a.PNG.png``), so distinct inputs never share an output file; a multi-frame DICOM file has one
