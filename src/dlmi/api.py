@@ -559,16 +559,20 @@ def predict(
     aided: bool = False, backend: str | None = None, provider: str = "auto", batch_size: int = 8,
     threshold: float | None = None, tile: bool = False, overwrite: bool = False, threads: int | None = None,
     fp16: bool = False, int8: bool = False, exclude: Sequence[str] = (), overlays: bool = True,
-    num_shards: int | None = None, shard_index: int | None = None, quiet: bool = False,
+    num_shards: int | None = None, shard_index: int | None = None, engine: str = "local",
+    address: str | None = None, actors: int | None = None, gpus_per_actor: float = 0.0, quiet: bool = False,
 ) -> PredictSummary:
     """``dlmi predict FOLDER``: every image under ``folder`` into ``out`` (masks, overlays, the tables);
     ``num_shards``/``shard_index``: this run's shard only (``predictions-I-of-N.csv/json``; join them with
-    :func:`merge_predictions`). ``backend`` as in :func:`load_predictor`; lines go to stderr unless
-    ``quiet``. Returns what was done (``.predicted``, ``.failed``, ``.csv``, ``.json``)."""
+    :func:`merge_predictions`). ``engine="ray"`` runs it on Ray (``address``: a running cluster, else a
+    local one; ``folder`` may then be a text file listing paths or URIs). ``backend`` as in
+    :func:`load_predictor`; lines go to stderr unless ``quiet``. Returns what was done (``.predicted``,
+    ``.failed``, ``.csv``, ``.json``)."""
     import sys
 
     from dlmi.inference.folder import PredictSettings, predict_folder
     from dlmi.inference.predictor import check_threshold, open_predictor
+    from dlmi.inference.ray_engine import engine_runner
     from dlmi.inference.shards import check_shard
 
     check_threshold(threshold, "threshold")
@@ -576,8 +580,11 @@ def predict(
     paths = [Path(models)] if isinstance(models, str | os.PathLike) else [Path(m) for m in models]
     if backend is None:
         backend = "torch" if any(_looks_trained(p) for p in paths) else "onnx"
-    opened = open_predictor(paths, backend=backend, provider=provider, aided=aided, tile=tile,
-                            threads=threads, fp16=fp16, int8=int8)
+    opener = {"models": paths, "backend": backend, "provider": provider, "aided": aided, "tile": tile,
+              "threads": threads, "fp16": fp16, "int8": int8}
+    run = engine_runner(engine, folder, address=address, actors=actors, gpus_per_actor=gpus_per_actor,
+                        opener=opener) or predict_folder
+    opened = open_predictor(**opener)
     patterns = (exclude,) if isinstance(exclude, str) else tuple(exclude)
     settings = PredictSettings(aided=aided, tile=tile, threshold=threshold, batch_size=batch_size,
                                overwrite=overwrite, exclude=patterns, overlays=overlays,
@@ -587,7 +594,7 @@ def predict(
         if not quiet:
             print(f"dlmi: {message}", file=sys.stderr)
 
-    return predict_folder(folder, out, opened, settings, log=log, progress=None if not quiet else _silent)
+    return run(folder, out, opened, settings, log=log, progress=None if not quiet else _silent)
 
 
 def _silent(done: int, failed: int, total: int) -> None:

@@ -106,6 +106,21 @@ def predict_command(
         None, "--shard-index", help="Which shard this run predicts, 0 to N-1 (writes "
                                     "predictions-I-of-N.csv/json)."
     ),
+    # --- Ray (docs/distributed.md): the same outputs, computed by an actor pool on a Ray cluster ---
+    engine: str = typer.Option(
+        "local", "--engine", help="local (this process) or ray (Ray Data; FOLDER may then also be a text "
+                                  "file listing image paths or URIs, one a line; pip install 'dlmi[ray]')."
+    ),
+    address: str | None = typer.Option(
+        None, "--address", help="--engine ray: a running Ray cluster's address (default: start a local Ray)."
+    ),
+    actors: int | None = typer.Option(
+        None, "--actors", min=1, help="--engine ray: actors in the pool, each with its own model session "
+                                      "(default: CPUs less one on a local Ray, else 2)."
+    ),
+    gpus_per_actor: float = typer.Option(
+        0.0, "--gpus-per-actor", min=0.0, help="--engine ray: GPUs for each actor (0.5: two share one)."
+    ),
 ) -> None:
     """Predict a lesion mask for every image under FOLDER: a mask PNG at the image's size, an overlay
     PNG, and predictions.csv / predictions.json in OUT. With --aided, the classifier runs first and
@@ -129,18 +144,22 @@ def predict_command(
     """
     from dlmi.inference.folder import PredictSettings, predict_folder
     from dlmi.inference.predictor import open_predictor
+    from dlmi.inference.ray_engine import engine_runner
     from dlmi.inference.shards import check_shard
 
     check_shard(num_shards, shard_index)  # before the models are opened
 
-    predictor = open_predictor(models or [], backend=backend, provider=provider, aided=aided, tile=tile,
-                               threads=threads or None, fp16=fp16, int8=int8)
+    opener = {"models": models or [], "backend": backend, "provider": provider, "aided": aided, "tile": tile,
+              "threads": threads or None, "fp16": fp16, "int8": int8}
+    run_engine = engine_runner(engine, folder, address=address, actors=actors, gpus_per_actor=gpus_per_actor,
+                               opener=opener)
+    predictor = open_predictor(**opener)
     typer.echo(f"running on: {predictor.running_on}")
     settings = PredictSettings(aided=aided, tile=tile, threshold=threshold, batch_size=batch_size,
                                overwrite=overwrite, exclude=tuple(exclude or ()), overlays=overlays,
                                threads=threads or None, num_shards=num_shards, shard_index=shard_index)
     with progress_display(sys.stderr.isatty()) as (log, progress):
-        summary = predict_folder(folder, out, predictor, settings, log=log, progress=progress)
+        summary = (run_engine or predict_folder)(folder, out, predictor, settings, log=log, progress=progress)
     typer.echo(
         f"{summary.total} images: {summary.predicted} predicted, {summary.skipped} already done, "
         f"{len(summary.failed)} skipped"
