@@ -53,7 +53,10 @@ def test_files_pass_the_checker_with_dynamic_axes(exported):
     assert dims(classifier.input[0])[1:] == [1, CLASSIFIER_SIZE, CLASSIFIER_SIZE]
     two_stage = onnx.load(models / "two_stage.onnx").graph
     assert dims(two_stage.input[0])[1:] == [1, SEGMENTER_SIZE, SEGMENTER_SIZE]
-    assert [o.name for o in two_stage.output] == ["class_probs", "mask_probs", "gated"]
+    # the original outputs first and in order; the per-image uncertainty after them
+    assert [o.name for o in two_stage.output] == ["class_probs", "mask_probs", "gated", "uncertainty",
+                                                  "mask_disagreement"]
+    assert [o.name for o in classifier.output] == ["logits", "probs", "uncertainty"]
 
 
 def test_manifest_records_passing_parity_for_every_file(exported):
@@ -87,7 +90,7 @@ def test_classifier_matches_pytorch_with_a_dynamic_batch(exported):
     models, cls_path, _ = exported
     model = load_trained(cls_path).model
     x = np.random.default_rng(2).random((5, 1, CLASSIFIER_SIZE, CLASSIFIER_SIZE), dtype=np.float32)
-    logits, probs = session(models / "classifier.onnx").run(None, {"image": x})
+    logits, probs = session(models / "classifier.onnx").run(None, {"image": x})[:2]
     with torch.inference_mode():
         want = model(torch.from_numpy(x))
     assert np.abs(logits - want.numpy()).max() <= 1e-4
@@ -103,9 +106,9 @@ def test_two_stage_matches_the_pytorch_pipeline_and_gates(exported):
     dark = rng.random((2, 1, SEGMENTER_SIZE, SEGMENTER_SIZE), dtype=np.float32) * 0.05
     bright = 0.5 + rng.random((2, 1, SEGMENTER_SIZE, SEGMENTER_SIZE), dtype=np.float32) * 0.5
     x = np.concatenate([dark, bright])
-    class_probs, mask_probs, gated = session(models / "two_stage.onnx").run(None, {"image": x})
+    class_probs, mask_probs, gated = session(models / "two_stage.onnx").run(None, {"image": x})[:3]
     with torch.inference_mode():
-        want_probs, want_masks, want_gated = pipeline(torch.from_numpy(x))
+        want_probs, want_masks, want_gated = pipeline(torch.from_numpy(x))[:3]
     assert gated.tolist() == want_gated.tolist() == [True, True, False, False]
     assert np.abs(class_probs - want_probs.numpy()).max() <= 1e-4
     assert np.abs(mask_probs - want_masks.numpy()).max() <= 1e-4

@@ -88,7 +88,7 @@ def test_int8_agrees_with_fp32_on_the_val_side(exported, runs):
     x = val_images(seg, 64)
     fp32 = ort.InferenceSession(str(exported / "two_stage.onnx"), providers=["CPUExecutionProvider"])
     int8 = ort.InferenceSession(str(exported / "two_stage_int8.onnx"), providers=["CPUExecutionProvider"])
-    (p32, m32, g32), (p8, m8, g8) = fp32.run(None, {"image": x}), int8.run(None, {"image": x})
+    (p32, m32, g32), (p8, m8, g8) = fp32.run(None, {"image": x})[:3], int8.run(None, {"image": x})[:3]
     assert (p32.argmax(1) == p8.argmax(1)).mean() >= 0.99
     assert (g32 == g8).mean() >= 0.99
     a, b = m32 > 0.5, m8 > 0.5

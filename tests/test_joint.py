@@ -73,9 +73,9 @@ def test_lesion_head_exports_with_parity(tmp_path):
     report = export_onnx(segmenter=checkpoint, out=tmp_path / "exported")
     assert report.parity and all(r.passed for r in report.parity)
     image = np.random.default_rng(1).random((2, 1, 32, 32), dtype=np.float32)
-    probs, masks, gated = ort_session(tmp_path / "exported" / "two_stage.onnx").run(None, {"image": image})
+    probs, masks, gated = ort_session(tmp_path / "exported" / "two_stage.onnx").run(None, {"image": image})[:3]
     with torch.no_grad():
-        t_probs, t_masks, t_gated = JointPipeline(model, normal_index=0)(torch.from_numpy(image))
+        t_probs, t_masks, t_gated = JointPipeline(model, normal_index=0)(torch.from_numpy(image))[:3]
     np.testing.assert_allclose(probs, t_probs.numpy(), atol=1e-4)
     np.testing.assert_allclose(masks, t_masks.numpy(), atol=1e-4)
     assert gated.astype(bool).tolist() == t_gated.tolist()
@@ -138,11 +138,11 @@ def test_pipeline_gates_on_its_own_head_and_on_tiny_lesions():
     seg[2, :, :4, :4] = -5.0
     seg[2, :, 0, 0] = 5.0  # image 2: a single lesion pixel
     pipeline = JointPipeline(FixedJoint(class_logits, seg), normal_index=0)
-    probs, masks, gated = pipeline(torch.zeros(3, 1, 8, 8))
+    probs, masks, gated = pipeline(torch.zeros(3, 1, 8, 8))[:3]
     assert gated.tolist() == [True, False, False]
     assert masks[0].max() == 0 and (masks[1] > 0.5).sum() == 16 and (masks[2] > 0.5).sum() == 1
     _, masks, gated = JointPipeline(FixedJoint(class_logits, seg), normal_index=0,
-                                    min_lesion_pixels=4)(torch.zeros(3, 1, 8, 8))
+                                    min_lesion_pixels=4)(torch.zeros(3, 1, 8, 8))[:3]
     assert gated.tolist() == [True, False, True] and masks[2].max() == 0
     assert torch.allclose(probs.sum(1), torch.ones(3))
     assert EMPTY_LOGIT < -100
@@ -155,7 +155,7 @@ def test_pipeline_gates_on_the_normal_probability_when_given_a_threshold():
     by_argmax = JointPipeline(FixedJoint(class_logits, seg), normal_index=0)(torch.zeros(2, 1, 8, 8))[2]
     assert by_argmax.tolist() == [False, False]
     _, masks, gated = JointPipeline(FixedJoint(class_logits, seg), normal_index=0,
-                                    normal_threshold=0.3)(torch.zeros(2, 1, 8, 8))
+                                    normal_threshold=0.3)(torch.zeros(2, 1, 8, 8))[:3]
     assert gated.tolist() == [True, False] and masks[0].max() == 0 and masks[1].min() > 0.5
 
 
@@ -211,10 +211,10 @@ def test_ensemble_exports_as_one_graph_matching_pytorch(ensemble_folder, tmp_pat
     meta = read_metadata(out / "two_stage.onnx")
     assert json.loads(meta["classes"]) == list(CLASSES) and meta["normal_class"] == "normal"
     image = np.random.default_rng(0).random((3, 1, 32, 32), dtype=np.float32)
-    probs, masks, gated = ort_session(out / "two_stage.onnx").run(None, {"image": image})
+    probs, masks, gated = ort_session(out / "two_stage.onnx").run(None, {"image": image})[:3]
     pipeline = JointPipeline(loaded.model, normal_index=0, min_lesion_pixels=3)
     with torch.no_grad():
-        t_probs, t_masks, t_gated = pipeline(torch.from_numpy(image))
+        t_probs, t_masks, t_gated = pipeline(torch.from_numpy(image))[:3]
     np.testing.assert_allclose(probs, t_probs.numpy(), atol=1e-4)
     np.testing.assert_allclose(masks, t_masks.numpy(), atol=1e-4)
     assert gated.astype(bool).tolist() == t_gated.tolist()

@@ -396,7 +396,8 @@ class Prediction:
     ``mask``: bool (H, W) lesion mask (``None`` for a classifier alone); ``mask_probs``: its float32
     probabilities before the threshold; ``probs``: class probabilities (K,) in the order of ``classes``
     (``None`` without a classifier); ``gated``: whether the classifier said *normal* and emptied the mask
-    (``None`` unless aided).
+    (``None`` unless aided); ``uncertainty`` and ``mask_disagreement``: how much the votes behind the
+    prediction disagree (:mod:`dlmi.runtime.uncertainty`; ``None`` where the model gives none).
     """
 
     mask: np.ndarray | None
@@ -404,6 +405,8 @@ class Prediction:
     probs: np.ndarray | None
     classes: tuple[str, ...]
     gated: bool | None
+    uncertainty: float | None = None
+    mask_disagreement: float | None = None
 
     @property
     def label(self) -> str | None:
@@ -488,6 +491,7 @@ class ImagePredictor:
 
     def predict(self, image: np.ndarray) -> Prediction:
         """Predict one image: numpy (H, W) or (H, W, C); see :func:`as_grey` for the values accepted."""
+        from dlmi.inference.folder import spread_of
         from dlmi.runtime.preprocess import model_input, resize_probabilities
 
         grey = as_grey(image)
@@ -495,19 +499,24 @@ class ImagePredictor:
         info = self.backend.info
         if info.segmenter_size is None:  # a classifier alone: classes, no mask
             assert info.classifier_size is not None
-            probs = self.backend.classify(model_input(grey, info.classifier_size)[None])[0]
-            return Prediction(None, None, probs, self.classes, None)
+            batch_probs, uncertainty = self.backend.classify_uncertain(
+                model_input(grey, info.classifier_size)[None])
+            return Prediction(None, None, batch_probs[0], self.classes, None,
+                              *spread_of(0, uncertainty, None))
         batch = model_input(grey, info.segmenter_size)[None]
         probs: np.ndarray | None = None
         gated: bool | None = None
+        spread: tuple[float | None, float | None] = (None, None)
         if self.aided:
-            class_probs, mask_probs, gated_batch = self.backend.two_stage(batch)
+            class_probs, mask_probs, gated_batch, uncertainty, disagreement = \
+                self.backend.two_stage_uncertain(batch)
             probs, gated = class_probs[0], bool(gated_batch[0])
+            spread = spread_of(0, uncertainty, disagreement)
         else:
             mask_probs = self.backend.segment(batch)
         full = resize_probabilities(mask_probs[0, 0], height, width)
         classes = self.classes if probs is not None else ()
-        return Prediction(full > self.threshold, full, probs, classes, gated)
+        return Prediction(full > self.threshold, full, probs, classes, gated, *spread)
 
     def predict_batch(self, arrays: Sequence[np.ndarray], batch_size: int = 8) -> list[dict[str, Any]]:
         """Predict a list of image arrays of any sizes (each as :meth:`predict` takes it), ``batch_size`` at

@@ -25,7 +25,7 @@ class SidePredictions:
 
     ``masks``: bool (N, S, S) segmenter output thresholded (``None`` for a classifier run); ``true_masks``:
     bool (N, S, S); ``labels``: (N,) true classes; ``class_logits``: (N, K) of the classifier (the run itself
-    or the aid), ``None`` without one; ``gated``: bool (N,) where the aid says normal (``None`` without aid).
+    or the aid; before temperature scaling), ``None`` without one; ``gated``: bool (N,) where the aid says normal (``None`` without aid).
     """
 
     samples: list[Sample]
@@ -102,7 +102,8 @@ def predict_side(
             if pipeline is not None:
                 class_logits, seg_logits = pipeline.parts(image)
                 mask_probs = torch.sigmoid(seg_logits)
-                gates.append(pipeline.rule(torch.softmax(class_logits, dim=1), mask_probs).cpu().numpy())
+                # the gate sees the calibrated probabilities, as in every prediction path
+                gates.append(pipeline.rule(pipeline.class_probs(class_logits), mask_probs).cpu().numpy())
                 logits.append(class_logits.float().cpu().numpy())
                 masks.append((mask_probs[:, 0] > seg_cut).cpu().numpy())
             elif segmenter is not None:

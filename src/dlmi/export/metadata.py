@@ -11,6 +11,8 @@ Keys (values are plain strings; lists and dicts are JSON):
 - the gate an ensemble's out-of-fold predictions chose (:class:`dlmi.runtime.gating.Gate`), where it has
   one: ``normal_threshold`` (files with a classifier; absent: the arg-max class) and ``min_lesion_pixels``
   (files with a segmenter; absent: 0)
+- ``temperature`` (files with a classifier): the class head's temperature ``T``; the graph's class
+  probabilities are ``softmax(logits / T)`` (:mod:`dlmi.runtime.calibration`; 1.0: not calibrated)
 - ``preprocessing``: JSON, how to turn an image file into the input tensor
 - ``dlmi_version``; ``classifier_run`` / ``segmenter_run`` and ``classifier_checkpoint`` /
   ``segmenter_checkpoint``: the training run folder and checkpoint each network came from
@@ -83,6 +85,7 @@ def build_metadata(
         props["normal_class"] = str(meta.get("normal_class") or "")
         if meta.get("normal_threshold") is not None:
             props["normal_threshold"] = repr(float(meta["normal_threshold"]))
+        props["temperature"] = repr(float(meta.get("temperature") or 1.0))
         props.update(_source_entries(CLASSIFIER, meta, checkpoint))
     if segmenter is not None:
         meta, checkpoint = segmenter
@@ -115,6 +118,10 @@ def read_metadata(model: onnx.ModelProto | str | os.PathLike[str]) -> dict[str, 
 
 EXPECTED_OUTPUTS = {CLASSIFIER: ("logits", "probs"), SEGMENTER: ("logits", "probs"),
                     TWO_STAGE: ("class_probs", "mask_probs", "gated")}
+# Outputs added later (per-image uncertainty, dlmi.runtime.uncertainty): read where the file has them; an
+# older export lacks them and still works (the records' uncertainty columns are then empty).
+OPTIONAL_OUTPUTS = {CLASSIFIER: ("uncertainty",), SEGMENTER: (),
+                    TWO_STAGE: ("uncertainty", "mask_disagreement")}
 
 
 @dataclass
@@ -129,6 +136,8 @@ class CheckedMetadata:
     threshold: float | None = None
     normal_threshold: float | None = None
     min_lesion_pixels: int = 0
+    temperature: float = 1.0
+    optional_outputs: tuple[str, ...] = ()  # those of OPTIONAL_OUTPUTS[kind] the graph has
 
 
 def _size(props: dict[str, str], key: str, where: str) -> int:
@@ -179,6 +188,16 @@ def _classes(props: dict[str, str], where: str) -> tuple[list[str], str | None]:
     return classes, normal
 
 
+def _temperature(raw: str, where: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise DlmiError(f"{where}: metadata key 'temperature' must be a number above 0, got {raw[:30]!r}")
+    return value
+
+
 def check_metadata(props: dict[str, str], kind: str, where: str | os.PathLike[str]) -> CheckedMetadata:
     """Validate the ``metadata_props`` of a file that should hold a ``kind`` graph; one line naming the file
     and the key on the first problem."""
@@ -195,6 +214,8 @@ def check_metadata(props: dict[str, str], kind: str, where: str | os.PathLike[st
         checked.classifier_size = _size(props, "classifier_image_size", where)
         if "normal_threshold" in props:
             checked.normal_threshold = _threshold(props, where, "normal_threshold")
+        if "temperature" in props:
+            checked.temperature = _temperature(props["temperature"], where)
     if kind in (SEGMENTER, TWO_STAGE):
         checked.segmenter_size = _size(props, "segmenter_image_size", where)
         checked.threshold = _threshold(props, where)
@@ -226,6 +247,7 @@ def read_checked_metadata(path: str | os.PathLike[str], kind: str) -> CheckedMet
         if width is not None and width != len(checked.classes):
             raise DlmiError(f"{path}: metadata key 'classes' lists {len(checked.classes)} classes but the "
                             f"classifier outputs {width}")
+    checked.optional_outputs = tuple(name for name in OPTIONAL_OUTPUTS[kind] if name in outputs)
     verify_file(path)  # last: a file whose metadata is wrong is named for that first
     return checked
 

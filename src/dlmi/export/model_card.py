@@ -178,6 +178,59 @@ def metric_fields(run_dir: Path) -> dict[str, Any]:
     return {"status": NOT_EVALUATED, "run": str(run_dir)}
 
 
+# --- calibration ----------------------------------------------------------------------------------------
+
+
+def _eval_calibration(run: Path) -> dict[str, Any] | None:
+    """The ECE and Brier before/after temperature scaling of the run's ``eval-<side>.json`` (test first)."""
+    for side in EVAL_SIDES:
+        path = run / f"eval-{side}.json"
+        if not path.is_file():
+            continue
+        result = _read_json(path)
+        calibration = (result.get("calibration") if isinstance(result, dict) else None) or {}
+        if not calibration:
+            return None
+        keep = ("value", "low", "high", "n", "definition")
+        return {"file": str(path), "side": (result.get("context") or {}).get("side", side),
+                **{when: {metric: {k: calibration[when][metric].get(k) for k in keep}
+                          for metric in ("ece", "brier")} for when in ("before", "after")}}
+    return None
+
+
+def calibration_fields(manifest: dict[str, Any], runs: dict[str, Path]) -> dict[str, Any]:
+    """The class head's temperature (applied inside the graphs), what it was fitted on, and the ECE and
+    Brier score before and after it where ``dlmi evaluate`` measured them (else ``not evaluated``)."""
+    temperature = float(manifest.get("temperature") or 1.0)
+    fitted_on = manifest.get("calibrated_on")
+    if fitted_on is None:
+        note = ("no temperature was fitted (T = 1): the probabilities are the networks' softmax outputs; "
+                "read them as scores, not as frequencies")
+    else:
+        note = (f"the class probabilities are softmax(logits / {temperature:.4g}), inside every exported graph; "
+                f"T fitted by minimising the negative log-likelihood on {fitted_on}")
+    run = runs.get(CLASSIFIER) or runs.get(SEGMENTER)
+    measured = _guarded(_eval_calibration, run) if run is not None and run.is_dir() else None
+    return {"status": "calibrated" if fitted_on else NOT_CALIBRATED, "temperature": temperature,
+            "calibrated_on": fitted_on, "note": note,
+            "evaluation": measured if measured else {"status": NOT_EVALUATED}}
+
+
+def _calibration_lines(calibration: dict[str, Any]) -> list[str]:
+    lines = [f"{calibration['status']} (temperature {calibration['temperature']:.4g}): {calibration['note']}.", ""]
+    measured = calibration.get("evaluation") or {}
+    if "before" not in measured:
+        return [*lines, f"ECE and Brier score: {measured.get('status', NOT_EVALUATED)}."]
+    lines += [f"`{measured['file']}`, {measured['side']} side:", "",
+              "| metric | before scaling | after scaling | definition |", "|---|---|---|---|"]
+    for metric in ("ece", "brier"):
+        before, after = measured["before"][metric], measured["after"][metric]
+        lines.append(f"| {metric} | {_number(before['value'])} ({_number(before['low'])}–"
+                     f"{_number(before['high'])}) | {_number(after['value'])} ({_number(after['low'])}–"
+                     f"{_number(after['high'])}) | {before['definition']} |")
+    return lines
+
+
 # --- the gate, the input contract, the files, the code ---------------------------------------------------
 
 
@@ -294,9 +347,7 @@ def build_card(manifest: dict[str, Any]) -> dict[str, Any]:
         "intended_use": INTENDED_USE,
         "data": data,
         "metrics": metrics,
-        "calibration": {"status": NOT_CALIBRATED,
-                        "note": "the probabilities are the networks' softmax/sigmoid outputs, not "
-                                "calibrated; read them as scores, not as frequencies"},
+        "calibration": calibration_fields(manifest, runs),
         "gate": gate_fields(manifest),
         "input": input_fields(manifest),
         "limits": [*LIMITS, SIZES_LIMIT.format(sizes=", ".join(
@@ -366,7 +417,7 @@ def render_card(card: dict[str, Any]) -> str:
         "Groups: " + GROUP_RULE, "", "Split: " + SPLIT_RULE, "",
         "## Metrics", "", *[line for role, m in card["metrics"].items() for line in _metric_lines(role, m)],
         "",
-        "## Calibration", "", f"{card['calibration']['status']}: {card['calibration']['note']}.", "",
+        "## Calibration", "", *_calibration_lines(card["calibration"]), "",
         "## Gate", "",
         (gate["rule"] + f"; mask threshold {gate['threshold']:g}." if gate["rule"] else gate["note"] + "."),
         "",

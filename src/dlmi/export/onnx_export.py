@@ -42,6 +42,7 @@ from dlmi.export.metadata import (
 )
 from dlmi.export.model_card import write_manifest_and_card
 from dlmi.export.parity import ParityResult, check_parity
+from dlmi.runtime.calibration import calibrated_on, temperature_of
 from dlmi.runtime.graphs import AsHalf, ClassifierGraph, SegmenterGraph
 from dlmi.runtime.pairing import check_pair
 from dlmi.runtime.two_stage import TwoStage
@@ -206,9 +207,11 @@ def _export_one(
     from dlmi.runtime.ensemble import ClassifierEnsemble, JointEnsemble
 
     averaged = any(isinstance(m, ClassifierEnsemble | JointEnsemble) for m in reference.modules())
+    # The mask disagreement counts pixels on either side of the threshold: float rounding may move one
+    # across it (a step of about 1 / pixels in Dice), so it is reported, not held to the tolerance.
+    report_only = (("logits",) if averaged else ()) + ("mask_disagreement",)
     parity = check_parity(name, reference, model.SerializeToString(), inputs, tolerance=tolerance,
-                          precision=precision, output_names=output_names,
-                          report_only=("logits",) if averaged else ())
+                          precision=precision, output_names=output_names, report_only=report_only)
     return Exported(kind, precision, name, model, parity)
 
 
@@ -250,8 +253,10 @@ def export_onnx(
 
         if cls is not None:
             outputs = list(ClassifierGraph.output_names)
+            head = {"temperature": temperature_of(cls.meta),
+                    "reference": class_index(list(cls.meta.get("classes") or []), cls.meta.get("normal_class"))}
             exported.append(_export_one(
-                CLASSIFIER, precision, ClassifierGraph(net(cls)), ClassifierGraph(cls.model),
+                CLASSIFIER, precision, ClassifierGraph(net(cls), **head), ClassifierGraph(cls.model, **head),
                 size=cls.image_size, dynamic_axes={0: "batch"},
                 parity_shapes=[(n, 1, cls.image_size, cls.image_size) for n in (1, 3)],
                 tolerance=tol,
@@ -270,7 +275,8 @@ def export_onnx(
         if cls is not None and seg is not None:
             assert gate_index is not None
             sizes = {"normal_index": gate_index, "classifier_size": cls.image_size,
-                     "segmenter_size": seg.image_size}
+                     "segmenter_size": seg.image_size, "threshold": float(seg.meta.get("threshold", 0.5)),
+                     "temperature": temperature_of(cls.meta)}
             outputs = list(TwoStage.output_names)
             exported.append(_export_one(
                 TWO_STAGE, precision,
@@ -302,9 +308,10 @@ def _export_joint(joint: Source, out: Path, *, fp16: bool, tolerance: float,
                                   classifier=joint.pair if kind != SEGMENTER else None,
                                   segmenter=joint.pair if kind != CLASSIFIER else None)
 
+        head = {"temperature": pipeline_options["temperature"], "reference": pipeline_options["normal_index"]}
         exported.append(_export_one(
-            CLASSIFIER, precision, ClassifierGraph(JointOutput(net, JointOutput.CLASSES)),
-            ClassifierGraph(JointOutput(joint.model, JointOutput.CLASSES)),
+            CLASSIFIER, precision, ClassifierGraph(JointOutput(net, JointOutput.CLASSES), **head),
+            ClassifierGraph(JointOutput(joint.model, JointOutput.CLASSES), **head),
             size=size, dynamic_axes={0: "batch"}, parity_shapes=[(n, 1, size, size) for n in (1, 3)],
             tolerance=tol, metadata=meta(CLASSIFIER, ClassifierGraph.output_names)))
         exported.append(_export_one(
@@ -372,9 +379,14 @@ def _manifest(exported: Sequence[Exported], cls: Source | None, seg: Source | No
     with_classes = cls if cls is not None else seg
     assert with_classes is not None
     trainings = [s.training for s in (cls, seg) if s is not None]
+    class_head = cls if cls is not None else seg if seg is not None and seg.meta.get("task") == "joint" else None
     return {
         "classes": [str(c) for c in with_classes.meta.get("classes") or []],
         "normal_class": with_classes.meta.get("normal_class"),
+        # the class head's temperature, applied inside the graphs (dlmi.runtime.calibration); 1.0 and
+        # calibrated_on null where none was fitted (or the export has no class head)
+        "temperature": temperature_of(class_head.meta) if class_head is not None else 1.0,
+        "calibrated_on": calibrated_on(class_head.meta) if class_head is not None else None,
         "complete": None if None in trainings else all(t["complete"] for t in trainings),
         "dlmi_version": __version__,
         "exporter": "torch.onnx.export(dynamo=True)",

@@ -291,19 +291,20 @@ class _FolderPrediction:
                      f"unreadable now: {names}")
 
     def classified(self, item: Loaded, class_probs: np.ndarray | None,
-                   gated: bool | None) -> dict[str, Any]:
+                   gated: bool | None, spread: Spread = (None, None)) -> dict[str, Any]:
         unit = item.unit
         record: dict[str, Any] = {"file": str(unit.file)}
         if unit.frame is not None:  # DICOM: which frame, and the UIDs (never a patient identifier)
             record.update(frame=unit.frame, frames=unit.frames, sop_instance_uid=unit.sop_instance_uid,
                           series_instance_uid=unit.series_instance_uid)
         record.update(class_fields(self.classes, class_probs, gated))
+        record.update(uncertainty_fields(*spread))
         return record
 
     def record(self, item: Loaded, mask: np.ndarray | None, class_probs: np.ndarray | None,
-               gated: bool | None) -> dict[str, Any] | Skipped:
+               gated: bool | None, spread: Spread = (None, None)) -> dict[str, Any] | Skipped:
         assert item.grey is not None
-        record = self.classified(item, class_probs, gated)
+        record = self.classified(item, class_probs, gated, spread)
         if mask is None:
             record.update(mask=None, overlay=None)
         else:
@@ -323,44 +324,47 @@ class _FolderPrediction:
         info = self.predictor.info
         assert info.classifier_size is not None
         inputs = np.stack([model_input(item.grey, info.classifier_size) for item in items])
-        class_probs = self.predictor.classify(inputs)
-        return [_job(self.record, item, None, class_probs[j], None) for j, item in enumerate(items)]
+        class_probs, uncertainty = self.predictor.classify_uncertain(inputs)
+        return [_job(self.record, item, None, class_probs[j], None, spread_of(j, uncertainty, None))
+                for j, item in enumerate(items)]
 
     def resized_batch(self, items: Sequence[Loaded]) -> list[Callable[[], dict[str, Any]]]:
         """Images resized to the segmenter's size; the writers resize the masks back (bilinear
         probabilities, cut at the threshold)."""
         batch = np.stack([item.input for item in items])
+        uncertainty = disagreement = None
         if self.mode == AIDED_MODE:
-            class_probs, mask_probs, gated = self.predictor.two_stage(batch)
+            class_probs, mask_probs, gated, uncertainty, disagreement = self.predictor.two_stage_uncertain(batch)
         else:
             mask_probs = self.predictor.segment(batch)
             class_probs, gated = None, None
         return [_job(self.finish_resized, item, mask_probs[j, 0],
                      None if class_probs is None else class_probs[j],
-                     None if gated is None else bool(gated[j])) for j, item in enumerate(items)]
+                     None if gated is None else bool(gated[j]), spread_of(j, uncertainty, disagreement))
+                for j, item in enumerate(items)]
 
     def finish_resized(self, item: Loaded, probs: np.ndarray, class_probs: np.ndarray | None,
-                       gated: bool | None) -> dict[str, Any] | Skipped:
+                       gated: bool | None, spread: Spread = (None, None)) -> dict[str, Any] | Skipped:
         assert item.grey is not None
         height, width = item.grey.shape
         if gated:  # the gate emptied the mask: nothing to resize
             mask = np.zeros((height, width), dtype=bool)
         else:
             mask = resize_probabilities(probs, height, width) > self.threshold
-        return self.record(item, mask, class_probs, gated)
+        return self.record(item, mask, class_probs, gated, spread)
 
     def tiled_batch(self, items: Sequence[Loaded]) -> list[Callable[[], dict[str, Any]]]:
         """Each image segmented tile by tile at its own resolution; the classifier sees the whole image, and
         the gate is the models' own (:meth:`ModelInfo.gate`: an ensemble's P(normal) threshold and smallest
         lesion — as a fraction of the image — included)."""
         info = self.predictor.info
-        class_probs = said_normal = None
+        class_probs = said_normal = uncertainty = None
         gate = None
         if self.mode == AIDED_MODE:
             assert info.classifier_size is not None
             gate = info.gate()
             inputs = np.stack([model_input(item.grey, info.classifier_size) for item in items])
-            class_probs = self.predictor.classify(inputs)
+            class_probs, uncertainty = self.predictor.classify_uncertain(inputs)
             said_normal = gate(class_probs, min_lesion_pixels=0)  # the lesion size: per image, below
         records = []
         for j, item in enumerate(items):
@@ -377,7 +381,7 @@ class _FolderPrediction:
                     gated = bool(gate(class_probs[j:j + 1], probs[None], min_lesion_pixels=smallest)[0])
                 mask = np.zeros(item.grey.shape, dtype=bool) if gated else probs > self.threshold
             records.append(_job(self.record, item, mask, None if class_probs is None else class_probs[j],
-                                gated))
+                                gated, spread_of(j, uncertainty, None)))
         return records
 
     def infer(self, items: Sequence[Loaded]) -> list[Callable[[], dict[str, Any]]]:
@@ -400,6 +404,23 @@ def class_fields(classes: Sequence[str], class_probs: np.ndarray | None,
     return {"class": classes[int(np.argmax(class_probs))],
             "probabilities": {c: round(float(p), 6) for c, p in zip(classes, class_probs, strict=True)},
             "gated": bool(gated) if gated is not None else None}
+
+
+Spread = tuple[float | None, float | None]
+"""One image's (uncertainty, mask disagreement) (:mod:`dlmi.runtime.uncertainty`); ``None`` where the model
+gives none (segmenter-only and tiled masks, an export older than these outputs)."""
+
+
+def spread_of(index: int, uncertainty: np.ndarray | None, disagreement: np.ndarray | None) -> Spread:
+    """The ``index``-th image's :data:`Spread` from a batch's (N,) outputs."""
+    return (None if uncertainty is None else float(uncertainty[index]),
+            None if disagreement is None else float(disagreement[index]))
+
+
+def uncertainty_fields(uncertainty: float | None, mask_disagreement: float | None) -> dict[str, Any]:
+    """A record's ``uncertainty`` and ``mask_disagreement`` (rounded to 6 places; ``None`` where none)."""
+    return {"uncertainty": None if uncertainty is None else round(float(uncertainty), 6),
+            "mask_disagreement": None if mask_disagreement is None else round(float(mask_disagreement), 6)}
 
 
 def lesion_fields(mask: np.ndarray) -> dict[str, Any]:
@@ -427,14 +448,17 @@ def predict_arrays(predictor: Predictor, images: Sequence[np.ndarray], *, aided:
         chunk = images[start:start + max(1, batch_size)]
         if mode == CLASSIFY_MODE:
             assert info.classifier_size is not None
-            class_probs = predictor.classify(np.stack([model_input(g, info.classifier_size) for g in chunk]))
-            records += [{"index": start + j, **class_fields(classes, class_probs[j], None), "mask": None}
+            class_probs, uncertainty = predictor.classify_uncertain(
+                np.stack([model_input(g, info.classifier_size) for g in chunk]))
+            records += [{"index": start + j, **class_fields(classes, class_probs[j], None),
+                         **uncertainty_fields(*spread_of(j, uncertainty, None)), "mask": None}
                         for j in range(len(chunk))]
             continue
         assert info.segmenter_size is not None
         batch = np.stack([model_input(g, info.segmenter_size) for g in chunk])
+        uncertainty = disagreement = None
         if mode == AIDED_MODE:
-            probs, mask_probs, gated = predictor.two_stage(batch)
+            probs, mask_probs, gated, uncertainty, disagreement = predictor.two_stage_uncertain(batch)
         else:
             probs, mask_probs, gated = None, predictor.segment(batch), None
         for j, grey in enumerate(chunk):
@@ -445,6 +469,7 @@ def predict_arrays(predictor: Predictor, images: Sequence[np.ndarray], *, aided:
                 mask = resize_probabilities(mask_probs[j, 0], *grey.shape) > cut
             records.append({"index": start + j,
                             **class_fields(classes, None if probs is None else probs[j], is_gated),
+                            **uncertainty_fields(*spread_of(j, uncertainty, disagreement)),
                             **lesion_fields(mask), "mask": mask})
     return records
 

@@ -536,13 +536,17 @@ def record_label(record: dict[str, Any]) -> str:
 DICOM_COLUMNS = ("frame", "sop_instance_uid", "series_instance_uid")
 
 
+UNCERTAINTY_COLUMNS = ("uncertainty", "mask_disagreement")  # dlmi.runtime.uncertainty; last, added later
+
+
 def csv_columns(classes: Sequence[str], mode: str = "aided", dicom: bool = False) -> list[str]:
     """The table's columns; ``dicom`` (some input was DICOM) adds the frame number and the UIDs after
-    ``file``."""
+    ``file``; the per-image uncertainty columns come last (empty where the model gives none)."""
     head = ["file", *(DICOM_COLUMNS if dicom else ()), "class", *[f"prob_{c}" for c in classes]]
     if mode == CLASSIFY_MODE:
-        return head
-    return [*head, "gated", "lesion_pixels", "lesion_fraction", "width", "height", "mask", "overlay"]
+        return [*head, *UNCERTAINTY_COLUMNS]
+    return [*head, "gated", "lesion_pixels", "lesion_fraction", "width", "height", "mask", "overlay",
+            *UNCERTAINTY_COLUMNS]
 
 
 def _csv_row(record: dict[str, Any], classes: Sequence[str], mode: str, dicom: bool) -> list[Any]:
@@ -550,12 +554,13 @@ def _csv_row(record: dict[str, Any], classes: Sequence[str], mode: str, dicom: b
     extra = [record.get(c) if record.get(c) is not None else "" for c in DICOM_COLUMNS] if dicom else []
     row = [record["file"], *extra, record.get("class") or "",
            *[f"{probs[c]:.6f}" if c in probs else "" for c in classes]]
+    spread = [f"{record[c]:.6f}" if record.get(c) is not None else "" for c in UNCERTAINTY_COLUMNS]
     if mode == CLASSIFY_MODE:
-        return row
+        return [*row, *spread]
     gated = record.get("gated")
     return [*row, "" if gated is None else str(bool(gated)).lower(),
             record["lesion_pixels"], f"{record['lesion_fraction']:.6f}",
-            record["width"], record["height"], record["mask"], record.get("overlay") or ""]
+            record["width"], record["height"], record["mask"], record.get("overlay") or "", *spread]
 
 
 def write_tables(out: Path, records: Sequence[dict[str, Any]], *, classes: Sequence[str],

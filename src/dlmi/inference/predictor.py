@@ -3,7 +3,10 @@
 A predictor takes float32 batches (N,1,H,W) in 0–1 and returns probabilities as numpy arrays:
 ``classify`` → (N,K), ``segment`` → (N,1,H,W), ``two_stage`` → (class probs, mask probs, gated). Both
 backends run the same modules (:mod:`dlmi.runtime.graphs`, :class:`dlmi.runtime.two_stage.TwoStage`), so
-their outputs agree to float rounding.
+their outputs agree to float rounding: the class probabilities temperature-scaled
+(:mod:`dlmi.runtime.calibration`), and, through ``classify_uncertain`` / ``two_stage_uncertain``, the
+per-image ``uncertainty`` and ``mask_disagreement`` (:mod:`dlmi.runtime.uncertainty`; ``None`` from an
+export older than them).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class ModelInfo:
     sources: dict[str, str] = field(default_factory=dict)
     normal_threshold: float | None = None  # an ensemble's gate: P(normal) at least this (None: arg-max)
     min_lesion_pixels: int = 0  # an ensemble's gate: fewer lesion pixels (at the model's size) is normal
+    temperature: float = 1.0  # the class head's, applied inside the models (dlmi.runtime.calibration)
 
     @property
     def normal_index(self) -> int | None:
@@ -71,17 +75,27 @@ class Predictor(ABC):
     def running_on(self) -> str:
         """Where the computation actually runs (onnxruntime's session providers, or the torch device)."""
 
-    @abstractmethod
     def classify(self, images: np.ndarray) -> np.ndarray:
         """(N,1,Sc,Sc) → class probabilities (N,K)."""
+        return self.classify_uncertain(images)[0]
+
+    @abstractmethod
+    def classify_uncertain(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(N,1,Sc,Sc) → class probabilities (N,K), uncertainty (N,) (``None``: the file has none)."""
 
     @abstractmethod
     def segment(self, images: np.ndarray) -> np.ndarray:
         """(N,1,H,W) → lesion probabilities (N,1,H,W)."""
 
-    @abstractmethod
     def two_stage(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(N,1,S,S) at the segmenter's size → class probs (N,K), gated mask probs (N,1,S,S), gated (N,)."""
+        return self.two_stage_uncertain(images)[:3]  # type: ignore[return-value]
+
+    @abstractmethod
+    def two_stage_uncertain(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                 np.ndarray | None, np.ndarray | None]:
+        """:meth:`two_stage` and the uncertainty (N,) and mask disagreement (N,) (``None``: the file has
+        none)."""
 
     @abstractmethod
     def fingerprint(self) -> dict[str, Any]:
@@ -148,8 +162,10 @@ class OnnxPredictor(Predictor):
             normal_threshold=next((c.normal_threshold for c in with_classes
                                    if c.normal_threshold is not None), None),
             min_lesion_pixels=max((c.min_lesion_pixels for c in with_masks), default=0),
+            temperature=with_classes[0].temperature if with_classes else 1.0,
         )
         _check_modes(self.info, str(self.folder), aided=aided)
+        self.optional_outputs = {kind: c.optional_outputs for kind, c in checked.items()}
         self.sessions = {kind: open_session(path, provider, threads) for kind, path in self.paths.items()}
 
     @property
@@ -163,21 +179,28 @@ class OnnxPredictor(Predictor):
             raise DlmiError(f"{self.folder}: this predictor was not opened for {kind}")
         return session.run(list(outputs), {"image": np.ascontiguousarray(images, dtype=np.float32)})
 
-    def classify(self, images: np.ndarray) -> np.ndarray:
+    def _optional(self, kind: str) -> list[str]:
+        return list(self.optional_outputs.get(kind, ()))
+
+    def classify_uncertain(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         from dlmi.export.metadata import CLASSIFIER
 
-        return self._run(CLASSIFIER, images, ["probs"])[0]
+        outputs = self._run(CLASSIFIER, images, ["probs", *self._optional(CLASSIFIER)])
+        return outputs[0], outputs[1] if len(outputs) > 1 else None
 
     def segment(self, images: np.ndarray) -> np.ndarray:
         from dlmi.export.metadata import SEGMENTER
 
         return self._run(SEGMENTER, images, ["probs"])[0]
 
-    def two_stage(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        from dlmi.export.metadata import TWO_STAGE
+    def two_stage_uncertain(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                 np.ndarray | None, np.ndarray | None]:
+        from dlmi.export.metadata import EXPECTED_OUTPUTS, TWO_STAGE
 
-        probs, masks, gated = self._run(TWO_STAGE, images, ["class_probs", "mask_probs", "gated"])
-        return probs, masks, gated.astype(bool)
+        names = [*EXPECTED_OUTPUTS[TWO_STAGE], *self._optional(TWO_STAGE)]
+        found = dict(zip(names, self._run(TWO_STAGE, images, names), strict=True))
+        return (found["class_probs"], found["mask_probs"], found["gated"].astype(bool),
+                found.get("uncertainty"), found.get("mask_disagreement"))
 
     def fingerprint(self) -> dict[str, Any]:
         return {"backend": self.backend, "files": {p.name: file_digest(p) for p in self.paths.values()}}
@@ -285,6 +308,7 @@ class TorchPredictor(Predictor):
             sources={t.task: str(t.checkpoint) for t in loaded},
             normal_threshold=gate_meta.get("normal_threshold"),
             min_lesion_pixels=int(gate_meta.get("min_lesion_pixels") or 0),
+            temperature=cls.temperature if cls else 1.0,
         )
         where = ", ".join(str(p) for p in paths) or "--models"
         _check_modes(self.info, where, aided=aided)
@@ -294,7 +318,8 @@ class TorchPredictor(Predictor):
 
         self.classifier = self.segmenter = None
         if cls is not None:
-            self.classifier = ClassifierGraph(net(cls, JointOutput.CLASSES)).to(self.device).eval()
+            self.classifier = ClassifierGraph(net(cls, JointOutput.CLASSES), temperature=cls.temperature,
+                                              reference=cls.normal_index).to(self.device).eval()
         if seg is not None:
             self.segmenter = SegmenterGraph(net(seg, JointOutput.MASK)).to(self.device).eval()
         self.pipeline = None
@@ -315,15 +340,17 @@ class TorchPredictor(Predictor):
             outputs = module(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self.device))
         return [o.cpu().numpy() for o in outputs]
 
-    def classify(self, images: np.ndarray) -> np.ndarray:
-        return self._run(self.classifier, images)[1]
+    def classify_uncertain(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        _, probs, uncertainty = self._run(self.classifier, images)
+        return probs, uncertainty
 
     def segment(self, images: np.ndarray) -> np.ndarray:
         return self._run(self.segmenter, images)[1]
 
-    def two_stage(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        probs, masks, gated = self._run(self.pipeline, images)
-        return probs, masks, gated.astype(bool)
+    def two_stage_uncertain(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                 np.ndarray | None, np.ndarray | None]:
+        probs, masks, gated, uncertainty, disagreement = self._run(self.pipeline, images)
+        return probs, masks, gated.astype(bool), uncertainty, disagreement
 
     def fingerprint(self) -> dict[str, Any]:
         return {"backend": self.backend, "files": {name: file_digest(p) for name, p in self.files.items()}}

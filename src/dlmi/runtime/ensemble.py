@@ -30,8 +30,24 @@ ENSEMBLE_FILE = "ensemble.json"
 _EPS = 1e-6
 
 
+def mean_class_logits(member_probs: torch.Tensor) -> torch.Tensor:
+    """(M,N,K) members' class probabilities → (N,K) logits of their mean, ``log mean p`` (clamped)."""
+    return torch.log(member_probs.mean(0).clamp(_EPS, 1.0))
+
+
+def mean_mask_logits(member_masks: torch.Tensor) -> torch.Tensor:
+    """(M,N,1,H,W) members' mask probabilities → (N,1,H,W) logits of their mean, ``log p − log(1 − p)``."""
+    mean = member_masks.mean(0).clamp(_EPS, 1.0 - _EPS)
+    return torch.log(mean) - torch.log1p(-mean)
+
+
 class _Averaged(nn.Module):
-    """Members and the views each one sees: the image, and its mirror with ``flip_tta``."""
+    """Members and the views each one sees: the image, and its mirror with ``flip_tta``.
+
+    ``member_outputs(image)`` gives each member's probabilities (the mean over its views), the ensemble's
+    output is the logits of their mean, and :mod:`dlmi.runtime.uncertainty` measures their disagreement."""
+
+    averages_members = True
 
     def __init__(self, members: Sequence[nn.Module], *, flip_tta: bool = True) -> None:
         super().__init__()
@@ -47,11 +63,14 @@ class _Averaged(nn.Module):
 class JointEnsemble(_Averaged):
     """The mean of joint networks ``m(x) -> (seg_logits, class_logits)`` (and of their mirrored views)."""
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def member_outputs(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mask probs (M,N,1,H,W), class probs (M,N,K)): each member's mean over its views (the mirrored
+        view's mask flipped back)."""
         views = self.views(image)
-        class_sum: torch.Tensor | None = None
-        mask_sum: torch.Tensor | None = None
+        masks, classes = [], []
         for member in self.members:
+            mask_sum: torch.Tensor | None = None
+            class_sum: torch.Tensor | None = None
             for mirrored, view in enumerate(views):
                 seg_logits, class_logits = member(view)[:2]
                 mask = torch.sigmoid(seg_logits.float())
@@ -60,25 +79,28 @@ class JointEnsemble(_Averaged):
                 probs = torch.softmax(class_logits.float(), dim=1)
                 class_sum = probs if class_sum is None else class_sum + probs
                 mask_sum = mask if mask_sum is None else mask_sum + mask
-        count = float(len(self.members) * len(views))
-        assert class_sum is not None and mask_sum is not None
-        class_mean = (class_sum / count).clamp(_EPS, 1.0)
-        mask_mean = (mask_sum / count).clamp(_EPS, 1.0 - _EPS)
-        return torch.log(mask_mean) - torch.log1p(-mask_mean), torch.log(class_mean)
+            assert class_sum is not None and mask_sum is not None
+            masks.append(mask_sum / float(len(views)))
+            classes.append(class_sum / float(len(views)))
+        return torch.stack(masks), torch.stack(classes)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        masks, classes = self.member_outputs(image)
+        return mean_mask_logits(masks), mean_class_logits(classes)
 
 
 class ClassifierEnsemble(_Averaged):
     """The mean softmax of classifiers ``m(x) -> class_logits`` (and of mirrored views); returns its log."""
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def member_outputs(self, image: torch.Tensor) -> torch.Tensor:
+        """(M,N,K): each member's class probabilities, the mean over its views."""
         views = self.views(image)
-        total: torch.Tensor | None = None
-        for member in self.members:
-            for view in views:
-                probs = torch.softmax(member(view).float(), dim=1)
-                total = probs if total is None else total + probs
-        assert total is not None
-        return torch.log((total / float(len(self.members) * len(views))).clamp(_EPS, 1.0))
+        return torch.stack([
+            torch.stack([torch.softmax(member(view).float(), dim=1) for view in views]).mean(0)
+            for member in self.members])
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return mean_class_logits(self.member_outputs(image))
 
 
 @dataclass
@@ -139,6 +161,13 @@ def load_ensemble(folder: str | os.PathLike[str], *, checkpoint_name: str = "bes
     for key in ("min_lesion_pixels", "normal_threshold", "postprocess"):
         if key in manifest:
             meta[key] = manifest[key]
+    meta.pop("calibration", None)  # a member's own (single-run) temperature is not the ensemble's
+    meta.pop("temperature", None)
+    if manifest.get("temperature") is not None:  # fitted on the out-of-fold logits (dlmi.runtime.calibration)
+        from dlmi.runtime.calibration import check_temperature
+
+        meta["temperature"] = check_temperature(manifest["temperature"], str(folder / ENSEMBLE_FILE))
+        meta["calibration"] = manifest.get("calibration")
     kind = JointEnsemble if first.task == "joint" else ClassifierEnsemble
     model = kind([m.model for m in members], flip_tta=flip_tta).to(map_location).eval()
     return TrainedEnsemble(model=model, meta=meta, checkpoint=folder / ENSEMBLE_FILE, run_dir=folder,

@@ -7,23 +7,33 @@ same interface (and preprocessing) as the fp32 one.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import nn
 
 
 class ClassifierGraph(nn.Module):
-    """(N,1,S,S) image in 0–1 → ``logits`` (N,K) and ``probs`` (N,K, softmax)."""
+    """(N,1,S,S) image in 0–1 → ``logits`` (N,K), ``probs`` (N,K): ``softmax(logits / temperature)``, the
+    calibrated probabilities (:mod:`dlmi.runtime.calibration`), and ``uncertainty`` (N,): the spread of
+    the votes' probability of the ``reference`` class (:func:`dlmi.runtime.uncertainty.probability_spread`;
+    ``None``: the arg-max class)."""
 
-    output_names = ("logits", "probs")
+    output_names = ("logits", "probs", "uncertainty")
 
-    def __init__(self, classifier: nn.Module) -> None:
+    def __init__(self, classifier: nn.Module, *, temperature: float = 1.0,
+                 reference: int | None = None) -> None:
         super().__init__()
         self.classifier = classifier
+        self.temperature = float(temperature)
+        self.reference = None if reference is None else int(reference)
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.classifier(image).float()
-        return logits, torch.softmax(logits, dim=1)
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from dlmi.runtime.uncertainty import class_votes, probability_spread
+
+        logits, votes, ensemble = class_votes(self.classifier, image)
+        spread = probability_spread(votes, self.reference, self.temperature, ensemble)
+        return logits, torch.softmax(logits / self.temperature, dim=1), spread
 
 
 class SegmenterGraph(nn.Module):
@@ -47,8 +57,17 @@ class AsHalf(nn.Module):
         super().__init__()
         self.network = copy.deepcopy(network).half().eval()
 
+    @property
+    def averages_members(self) -> bool:
+        return bool(getattr(self.network, "averages_members", False))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x.half()).float()
+
+    def member_outputs(self, x: torch.Tensor) -> Any:
+        """A wrapped ensemble's members' probabilities (float32)."""
+        outputs = self.network.member_outputs(x.half())
+        return outputs.float() if isinstance(outputs, torch.Tensor) else tuple(o.float() for o in outputs)
 
 
 class JointOutput(nn.Module):
@@ -62,5 +81,13 @@ class JointOutput(nn.Module):
         self.joint = joint
         self.index = int(index)
 
+    @property
+    def averages_members(self) -> bool:
+        return bool(getattr(self.joint, "averages_members", False))
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.joint(image)[self.index]
+
+    def member_outputs(self, image: torch.Tensor) -> torch.Tensor:
+        """A wrapped joint ensemble's members' probabilities of this output."""
+        return self.joint.member_outputs(image)[self.index]

@@ -57,6 +57,13 @@ class Trained:
     def threshold(self) -> float:
         return float(self.meta.get("threshold", 0.5))
 
+    @property
+    def temperature(self) -> float:
+        """The class head's temperature (:mod:`dlmi.runtime.calibration`); 1.0 where none was fitted."""
+        from dlmi.runtime.calibration import temperature_of
+
+        return temperature_of(self.meta)
+
 
 def build_meta(
     *,
@@ -159,4 +166,10 @@ def load_trained(
         raise DlmiError(f"{checkpoint}: weights do not fit model {meta['model']!r} ({first})") from None
     model.to(map_location)
     model.eval()
-    return Trained(model=model, meta=dict(meta), checkpoint=checkpoint, run_dir=run_dir)
+    meta = dict(meta)
+    from dlmi.runtime.calibration import read_run_calibration
+
+    calibration = read_run_calibration(run_dir, checkpoint.name)
+    if calibration is not None:  # the temperature fitted for this checkpoint (dlmi.runtime.calibration)
+        meta.update(temperature=calibration["temperature"], calibration=calibration)
+    return Trained(model=model, meta=meta, checkpoint=checkpoint, run_dir=run_dir)

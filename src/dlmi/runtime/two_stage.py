@@ -25,9 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dlmi.runtime.calibration import temperature_of
 from dlmi.runtime.gating import Gate, gate_logits
 
-OUTPUT_NAMES = ("class_probs", "mask_probs", "gated")
+# The first three are the graph's outputs since its first version; the per-image uncertainty
+# (:mod:`dlmi.runtime.uncertainty`) came after them, so a consumer that reads the first three still works.
+BASE_OUTPUTS = ("class_probs", "mask_probs", "gated")
+OUTPUT_NAMES = (*BASE_OUTPUTS, "uncertainty", "mask_disagreement")
 
 
 def classifier_input(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -43,6 +47,7 @@ class Pipeline(nn.Module):
 
     output_names = OUTPUT_NAMES
     rule: Gate
+    temperature: float = 1.0  # the class head's (dlmi.runtime.calibration): class probs softmax(logits / T)
 
     @property
     def normal_index(self) -> int:
@@ -52,17 +57,32 @@ class Pipeline(nn.Module):
         """(class logits (N,K), segmentation logits (N,1,H,W) before the gate), both float32."""
         raise NotImplementedError
 
+    def votes(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                  bool]:
+        """:meth:`parts` and the votes behind them (:mod:`dlmi.runtime.uncertainty`): (class logits, seg
+        logits, class votes (V,N,K), mask votes (V',N,1,H,W), whether the class votes are ensemble members)."""
+        raise NotImplementedError
+
+    def class_probs(self, class_logits: torch.Tensor) -> torch.Tensor:
+        """The calibrated class probabilities, ``softmax(class_logits / T)``: what the gate and users see."""
+        return torch.softmax(class_logits / self.temperature, dim=1)
+
     def outputs(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(class probs (N,K), mask probs (N,1,H,W) before the gate, gated (N,) bool)."""
         class_logits, seg_logits = self.parts(image)
-        class_probs, mask_probs = torch.softmax(class_logits, dim=1), torch.sigmoid(seg_logits)
+        class_probs, mask_probs = self.class_probs(class_logits), torch.sigmoid(seg_logits)
         return class_probs, mask_probs, self.rule(class_probs, mask_probs)
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        class_logits, seg_logits = self.parts(image)
-        class_probs = torch.softmax(class_logits, dim=1)
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """:data:`OUTPUT_NAMES`: class probs, gated mask probs, gated, uncertainty (N,), mask disagreement (N,)."""
+        from dlmi.runtime.uncertainty import mask_disagreement, probability_spread
+
+        class_logits, seg_logits, class_votes, mask_votes, ensemble = self.votes(image)
+        class_probs = self.class_probs(class_logits)
         gated = self.rule(class_probs, torch.sigmoid(seg_logits))
-        return class_probs, torch.sigmoid(gate_logits(seg_logits, gated)), gated
+        return (class_probs, torch.sigmoid(gate_logits(seg_logits, gated)), gated,
+                probability_spread(class_votes, self.normal_index, self.temperature, ensemble),
+                mask_disagreement(mask_votes, self.rule.threshold))
 
 
 class TwoStage(Pipeline):
@@ -78,13 +98,18 @@ class TwoStage(Pipeline):
         normal_index: int,
         classifier_size: int,
         segmenter_size: int,
+        threshold: float = 0.5,
+        temperature: float = 1.0,
     ) -> None:
         super().__init__()
         self.classifier = classifier
         self.segmenter = segmenter
-        self.rule = Gate(int(normal_index))
+        # The threshold matters to the gate only with a smallest lesion (none here); the masks whose
+        # disagreement ``mask_disagreement`` measures are cut at it.
+        self.rule = Gate(int(normal_index), threshold=float(threshold))
         self.classifier_size = int(classifier_size)
         self.segmenter_size = int(segmenter_size)
+        self.temperature = float(temperature)
 
     def classifier_input(self, image: torch.Tensor) -> torch.Tensor:
         return classifier_input(image, self.classifier_size)
@@ -92,6 +117,14 @@ class TwoStage(Pipeline):
     def parts(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         class_logits = self.classifier(self.classifier_input(image)).float()
         return class_logits, self.segmenter(image).float()
+
+    def votes(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                  bool]:
+        from dlmi.runtime.uncertainty import class_votes, mask_votes
+
+        class_logits, classes, ensemble = class_votes(self.classifier, self.classifier_input(image))
+        seg_logits, masks = mask_votes(self.segmenter, image)
+        return class_logits, seg_logits, classes, masks, ensemble
 
 
 class JointPipeline(Pipeline):
@@ -104,9 +137,11 @@ class JointPipeline(Pipeline):
     """
 
     def __init__(self, model: nn.Module, *, normal_index: int, min_lesion_pixels: int = 0,
-                 threshold: float = 0.5, normal_threshold: float | None = None) -> None:
+                 threshold: float = 0.5, normal_threshold: float | None = None,
+                 temperature: float = 1.0) -> None:
         super().__init__()
         self.model = model
+        self.temperature = float(temperature)
         self.rule = Gate(int(normal_index), None if normal_threshold is None else float(normal_threshold),
                          int(min_lesion_pixels), float(threshold))
 
@@ -121,6 +156,13 @@ class JointPipeline(Pipeline):
     def parts(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         seg_logits, class_logits = self.model(image)
         return class_logits.float(), seg_logits.float()
+
+    def votes(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                  bool]:
+        from dlmi.runtime.uncertainty import joint_votes
+
+        seg_logits, class_logits, masks, classes, ensemble = joint_votes(self.model, image)
+        return class_logits, seg_logits, classes, masks, ensemble
 
 
 def build_pipeline(segmenter: Any, classifier: Any = None) -> Pipeline | None:
@@ -137,15 +179,17 @@ def build_pipeline(segmenter: Any, classifier: Any = None) -> Pipeline | None:
     if classifier is None or classifier.normal_index is None:
         return None
     return TwoStage(classifier.model, segmenter.model, normal_index=classifier.normal_index,
-                    classifier_size=classifier.image_size, segmenter_size=segmenter.image_size)
+                    classifier_size=classifier.image_size, segmenter_size=segmenter.image_size,
+                    threshold=segmenter.threshold, temperature=temperature_of(classifier.meta))
 
 
 def joint_pipeline_options(meta: dict[str, Any], normal_index: int) -> dict[str, Any]:
     """A joint model's :class:`JointPipeline` settings from its metadata (the post-processing rules an
-    ensemble's ``ensemble.json`` chose; defaults for a single run)."""
+    ensemble's ``ensemble.json`` chose; defaults for a single run) and its temperature."""
     rule = Gate.from_meta(meta, normal_index)
     return {"normal_index": rule.normal_index, "min_lesion_pixels": rule.min_lesion_pixels,
-            "threshold": rule.threshold, "normal_threshold": rule.normal_threshold}
+            "threshold": rule.threshold, "normal_threshold": rule.normal_threshold,
+            "temperature": temperature_of(meta)}
 
 
 def pipeline_rule(segmenter: Any, classifier: Any = None) -> dict[str, Any]:

@@ -8,7 +8,10 @@ Every setting of the ensemble is chosen on out-of-fold predictions — each deve
 the one member that did not train on it (with flip TTA, as the ensemble runs) — never on the test side:
 the probability threshold, the smallest lesion (in pixels at the model's size) below which an image is
 called lesion-free, and the gate's rule (the arg-max class is normal, or the normal class's probability is at
-least a threshold), by the highest seed mIoU with the gate (all images; empty ∩ empty = 1).
+least a threshold), by the highest seed mIoU with the gate (all images; empty ∩ empty = 1). First, though,
+the class head's temperature is fitted on the out-of-fold class logits (:func:`fit_oof_temperature`,
+:mod:`dlmi.runtime.calibration`), and the gate's rule is chosen on the calibrated probabilities — the ones
+every prediction path gives.
 
 Each member is its run's ``last.pt`` (``MEMBER_CHECKPOINT``, recorded in ``ensemble.json``), for the
 out-of-fold scores and for the ensemble alike: its ``best.pt`` is chosen on its val part — the very fold that
@@ -113,10 +116,13 @@ def train_folds(config: TrainConfig, folds: int, *, flip_tta: bool = True) -> Pa
         oof = out_of_fold(out, members, flip_tta=flip_tta, device=config.device)
         manifest["oof_accuracy"] = oof_accuracy(oof)
         manifest["oof_images"] = len(oof["labels"])
+        calibration = fit_oof_temperature(oof, members)
     if config.task == JOINT:
         choice = choose_postprocess(out, members, flip_tta=flip_tta, device=config.device)
+        calibration = choice["calibration"]
         manifest.update(threshold=choice["threshold"], min_lesion_pixels=choice["min_lesion_pixels"],
                         normal_threshold=choice["normal_threshold"], postprocess=choice)
+    manifest.update(temperature=calibration["temperature"], calibration=calibration)
     write_json_atomic(out / "ensemble.json", manifest)
     return out
 
@@ -145,10 +151,14 @@ def check_same_member(run: Path, member: TrainConfig) -> None:
                         "the stored settings to continue, or use a new --out")
 
 
-def out_of_fold(out: Path, members: list[str], *, flip_tta: bool, device: str = "cpu") -> dict[str, Any]:
+def out_of_fold(out: Path, members: list[str], *, flip_tta: bool, device: str = "cpu",
+                temperature: float = 1.0) -> dict[str, Any]:
     """Every development image predicted by the member that did not train on it (its ``last.pt``): class
-    probs, and for joint members mask probs and true masks (``None`` for classifiers)."""
+    logits (the log of the member's mean probabilities over its flip-TTA views, as the ensemble's) and class
+    probs (``softmax(logits / temperature)``), and for joint members mask probs and true masks (``None``
+    for classifiers)."""
     from dlmi.datasets.loader import EvalImages
+    from dlmi.metrics.calibration import scaled_probabilities
     from dlmi.runtime.ensemble import ClassifierEnsemble, JointEnsemble
     from dlmi.runtime.trained import load_trained
     from dlmi.splits import load_split, split_samples
@@ -172,16 +182,33 @@ def out_of_fold(out: Path, members: list[str], *, flip_tta: bool, device: str = 
             for batch in loader:
                 outputs = net(batch["image"].to(torch_device))
                 class_logits = outputs[1] if joint else outputs
-                probs.append(torch.softmax(class_logits, 1).cpu().numpy())
+                probs.append(class_logits.float().cpu().numpy())
                 if joint:
                     # float32, as prediction thresholds them (float16 rounding moves pixels across it)
                     masks.append(torch.sigmoid(outputs[0][:, 0]).cpu().numpy())
                     truths.append(batch["mask"].numpy())
                 labels.append(batch["label"].numpy())
         keys += [s.key for s in val]
-    return {"keys": keys, "labels": np.concatenate(labels), "class_probs": np.concatenate(probs),
+    logits = np.concatenate(probs)
+    return {"keys": keys, "labels": np.concatenate(labels), "class_logits": logits,
+            "class_probs": scaled_probabilities(logits, temperature).astype(np.float32),
             "mask_probs": np.concatenate(masks) if masks else None,
             "true_masks": np.concatenate(truths) if truths else None, "normal_index": member.normal_index}
+
+
+def fit_oof_temperature(oof: dict[str, Any], members: list[str]) -> dict[str, Any]:
+    """The class head's temperature fitted on the out-of-fold logits
+    (:func:`dlmi.metrics.calibration.fit_temperature`), as ``ensemble.json`` records it."""
+    from dlmi.metrics.calibration import TEMPERATURE_DEFINITION, fit_temperature, negative_log_likelihood
+
+    logits, labels = oof["class_logits"], oof["labels"]
+    temperature = fit_temperature(logits, labels)
+    return {"temperature": temperature,
+            "calibrated_on": f"out-of-fold predictions of the {len(members)} members' {MEMBER_CHECKPOINT} "
+                             f"({len(labels)} images)",
+            "images": int(len(labels)), "method": TEMPERATURE_DEFINITION,
+            "nll_before": negative_log_likelihood(logits, labels, 1.0),
+            "nll_after": negative_log_likelihood(logits, labels, temperature)}
 
 
 def oof_accuracy(oof: dict[str, Any]) -> float:
@@ -209,10 +236,15 @@ def oof_masks(oof: dict[str, Any], *, threshold: float, min_lesion_pixels: int =
 
 def choose_postprocess(out: Path, members: list[str], *, flip_tta: bool,
                        device: str = "cpu") -> dict[str, Any]:
-    """The threshold, lesion-size rule and gate rule with the highest out-of-fold seed mIoU (gate applied)."""
+    """The threshold, lesion-size rule and gate rule with the highest out-of-fold seed mIoU (gate applied), on
+    the probabilities calibrated by the temperature fitted first on the same out-of-fold logits
+    (``calibration``)."""
+    from dlmi.metrics.calibration import scaled_probabilities
     from dlmi.metrics.segmentation import dice_from_counts, iou_from_counts, mask_counts
 
     oof = out_of_fold(out, members, flip_tta=flip_tta, device=device)
+    calibration = fit_oof_temperature(oof, members)
+    oof["class_probs"] = scaled_probabilities(oof["class_logits"], calibration["temperature"])
     probs, truth = oof["mask_probs"].astype(np.float32), oof["true_masks"].astype(bool)
     normal = oof["normal_index"]
     pixels = probs.shape[1] * probs.shape[2]
@@ -242,5 +274,5 @@ def choose_postprocess(out: Path, members: list[str], *, flip_tta: bool,
             "criterion": "seed mIoU with the gate (all images; empty truth and empty prediction = 1)",
             "threshold": best["threshold"], "min_lesion_pixels": best["min_lesion_pixels"],
             "normal_threshold": best["normal_threshold"],
-            "oof_accuracy": oof_accuracy(oof),
+            "oof_accuracy": oof_accuracy(oof), "calibration": calibration,
             "oof_best": best, "candidates": table}

@@ -111,7 +111,16 @@ def _train(config: TrainConfig, context: DistributedContext, device: torch.devic
         write_json_atomic(run.config, config.to_dict())
     trainer = build_trainer(config, run, data, gate, device, context, model=model)
     trainer.fit(progress_mode=_progress_mode(config))
+    _calibrate(run, data, context, device)
     return run.path
+
+
+def _calibrate(run: RunFolder, data: SplitData, context: DistributedContext, device: torch.device) -> None:
+    """Fit the finished run's temperature on its val side (:mod:`dlmi.training.calibrate`), once."""
+    if context.is_main:
+        from dlmi.training.calibrate import calibrate_run
+
+        calibrate_run(run.path, data.source, data.samples["val"], device)
 
 
 def check_logged_metric(config: TrainConfig, data: SplitData) -> None:
@@ -175,6 +184,7 @@ def _resume(run: RunFolder, config: TrainConfig, context: DistributedContext, de
     if trainer.state.epoch >= config.epochs:
         return run.path
     trainer.fit(progress_mode=_progress_mode(config))
+    _calibrate(run, data, context, device)
     return run.path
 
 
