@@ -19,7 +19,7 @@ import numpy as np
 from dlmi.atomic import write_json_atomic, write_text_atomic
 from dlmi.datasets.base import DatasetSource, Sample, list_samples, load_sample, normal_index
 from dlmi.errors import DlmiError
-from dlmi.evaluation.figures import PanelRow, confusion_matrix_png, panels_png
+from dlmi.evaluation.figures import PanelRow, confusion_matrix_png, panels_png, reliability_png
 from dlmi.evaluation.predict import SidePredictions, predict_side
 from dlmi.evaluation.report import markdown_report
 from dlmi.metrics.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, check_resamples, scored_mean
@@ -257,11 +257,29 @@ class Evaluator:
                 scores = ClassificationScores(inputs.aid.classes, inputs.aid.normal_index)
                 scores.update(preds.class_logits, preds.labels)
                 result["aid_classification"] = scores.summary(**self.bootstrap)
+        calibration = self._calibration(preds)
+        if calibration is not None:
+            result["calibration"] = calibration
         from dlmi import __version__
 
         result["dlmi_version"] = __version__
         result["created"] = datetime.now(UTC).isoformat(timespec="seconds")
         return result
+
+    def _calibration(self, preds: SidePredictions) -> dict[str, Any] | None:
+        """ECE, Brier score and NLL of the class head (the run's, or the aid's) before and after its
+        temperature (:mod:`dlmi.metrics.calibration`), with bootstrap intervals and reliability bins."""
+        from dlmi.metrics.calibration import calibration_report
+        from dlmi.runtime.calibration import calibrated_on
+
+        inputs = self.inputs
+        head = inputs.trained if inputs.task in ("classification", "joint") else inputs.aid
+        if head is None or preds.class_logits is None or not len(preds.labels):
+            return None
+        report = calibration_report(preds.class_logits, preds.labels, head.temperature, **self.bootstrap)
+        who = {"classification": "classifier", "joint": "joint model's class head"}.get(inputs.task,
+                                                                                       "aid classifier")
+        return {"model": who, "calibrated_on": calibrated_on(head.meta), **report}
 
     def _segmentation(self, preds: SidePredictions, classes: list[str]) -> dict[str, Any]:
         variants: dict[str, Any] = {}
@@ -339,6 +357,16 @@ class Evaluator:
                 f"{who}: {ctx['dataset']}, {side} side ({ctx['n_images']} images), "
                 f"{(ctx['aid'] or ctx)['image_size']} px")
             figures["confusion_matrix"] = str(out / name)
+        calibration = result.get("calibration")
+        if calibration is not None:
+            name = f"reliability-{side}.png"
+            before, after = calibration["before"], calibration["after"]
+            reliability_png(
+                [(f"before scaling (ECE {before['ece']['value']:.3f})", before["reliability"]),
+                 (f"after, T = {calibration['temperature']:.3g} (ECE {after['ece']['value']:.3f})",
+                  after["reliability"])], out / name,
+                f"{calibration['model']}: {ctx['dataset']}, {side} side ({ctx['n_images']} images)")
+            figures["reliability"] = str(out / name)
         result["figures"] = figures
         json_path, md_path = out / f"eval-{side}.json", out / f"eval-{side}.md"
         write_json_atomic(json_path, result)

@@ -1,4 +1,5 @@
-"""Evaluation figures: the confusion matrix and the seed's qualitative panels, written atomically as PNG."""
+"""Evaluation figures: the confusion matrix, the seed's qualitative panels and the reliability diagram,
+written atomically as PNG."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -82,4 +84,31 @@ def panels_png(rows: Sequence[PanelRow], path: str | Path, title: str) -> Path:
             if c == 0:
                 axis.set_ylabel(row.title, fontsize=8)
     figure.suptitle(title, fontsize=10)
+    return _save(figure, Path(path))
+
+
+def reliability_png(curves: Sequence[tuple[str, dict[str, Any]]], path: str | Path, title: str) -> Path:
+    """A reliability diagram: per bin of top-class confidence, the accuracy against the mean confidence
+    (one line per curve, e.g. before and after temperature scaling; the diagonal is perfect calibration),
+    and below it how many images each bin holds. ``curves``: (label, :func:`reliability_bins` dict)."""
+    plt = _figure_module()
+    figure, (axis, counts) = plt.subplots(2, 1, figsize=(4.6, 5.6), sharex=True,
+                                          gridspec_kw={"height_ratios": [3, 1]}, layout="constrained")
+    axis.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+    edges = np.asarray(curves[0][1]["edges"]) if curves else np.linspace(0, 1, 16)
+    width = float(edges[1] - edges[0])
+    for number, (label, bins) in enumerate(curves):
+        filled = [(c, a) for c, a in zip(bins["confidence"], bins["accuracy"], strict=True) if c is not None]
+        if filled:
+            x, y = zip(*filled, strict=True)
+            axis.plot(x, y, marker="o", markersize=4, linewidth=1.5, label=label)
+        share = width / max(len(curves), 1)
+        counts.bar(edges[:-1] + share * number, bins["count"], width=share, align="edge", label=label)
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1)
+    axis.set_ylabel("accuracy (fraction correct)")
+    axis.legend(fontsize=7, loc="upper left")
+    axis.set_title(title, fontsize=9)
+    counts.set_xlabel("top-class confidence (bin mean)")
+    counts.set_ylabel("images")
     return _save(figure, Path(path))

@@ -84,6 +84,20 @@ def segmentation_lines(variants: dict[str, dict[str, Any]], heading: str) -> lis
     return lines
 
 
+def calibration_lines(calibration: dict[str, Any], side: str) -> list[str]:
+    """ECE, Brier score and NLL before and after temperature scaling, with their definitions."""
+    before, after = calibration["before"], calibration["after"]
+    fitted = calibration.get("calibrated_on") or "nothing (no temperature was fitted: T = 1)"
+    lines = [f"### Calibration of the {calibration['model']} ({side} side)", "",
+             f"Temperature T = {calibration['temperature']:.4g}, fitted on {fitted}.", ""]
+    rows = [[name, fmt(before[key]), fmt(after[key])] for key, name in (("ece", "ECE"), ("brier", "Brier"))]
+    rows.append(["NLL", fmt({"value": before["nll"]["value"]}), fmt({"value": after["nll"]["value"]})])
+    lines += _table(["metric", "before scaling", "after scaling"], rows)
+    lines += ["", f"ECE: {before['ece']['definition']}.", f"Brier: {before['brier']['definition']}.",
+              f"NLL: {before['nll']['definition']}.", ""]
+    return lines
+
+
 def markdown_report(result: dict[str, Any]) -> str:
     """The evaluation of one side as Markdown: a context line, then one table per task."""
     ctx = result["context"]
@@ -112,6 +126,8 @@ def markdown_report(result: dict[str, Any]) -> str:
         lines += classification_lines(
             result["aid_classification"],
             f"Aid classifier ({ctx['side']} side, {aid_ctx['image_size']} px)")
+    if "calibration" in result:
+        lines += calibration_lines(result["calibration"], ctx["side"])
     if intervals:
         lines += [intervals_line(intervals), ""]
     figures = result.get("figures") or {}
