@@ -110,7 +110,8 @@ def error_finding(probs: np.ndarray, labels: np.ndarray, uncertainty: np.ndarray
     overall, in_top = scored(wrong), scored(wrong[chosen])
     return {"definition": "fraction of wrong 3-class predictions (arg-max ≠ truth) among the "
                           f"{top} images of highest uncertainty (top decile) and among all images",
-            "uncertainty": "the held-out member's |P_plain(normal) − P_mirrored(normal)| (temperature-scaled)",
+            "uncertainty": "the held-out member's |P_plain(normal) − P_mirrored(normal)| "
+                           "(temperature-scaled)",
             "top_decile": in_top, "overall": overall,
             "lift": in_top["value"] / overall["value"] if overall["value"] else None,
             "uncertainty_threshold": float(uncertainty[chosen].min()) if len(chosen) else None}

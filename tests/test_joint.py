@@ -73,7 +73,8 @@ def test_lesion_head_exports_with_parity(tmp_path):
     report = export_onnx(segmenter=checkpoint, out=tmp_path / "exported")
     assert report.parity and all(r.passed for r in report.parity)
     image = np.random.default_rng(1).random((2, 1, 32, 32), dtype=np.float32)
-    probs, masks, gated = ort_session(tmp_path / "exported" / "two_stage.onnx").run(None, {"image": image})[:3]
+    two_stage = ort_session(tmp_path / "exported" / "two_stage.onnx")
+    probs, masks, gated = two_stage.run(None, {"image": image})[:3]
     with torch.no_grad():
         t_probs, t_masks, t_gated = JointPipeline(model, normal_index=0)(torch.from_numpy(image))[:3]
     np.testing.assert_allclose(probs, t_probs.numpy(), atol=1e-4)

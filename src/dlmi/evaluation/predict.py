@@ -25,7 +25,8 @@ class SidePredictions:
 
     ``masks``: bool (N, S, S) segmenter output thresholded (``None`` for a classifier run); ``true_masks``:
     bool (N, S, S); ``labels``: (N,) true classes; ``class_logits``: (N, K) of the classifier (the run itself
-    or the aid; before temperature scaling), ``None`` without one; ``gated``: bool (N,) where the aid says normal (``None`` without aid).
+    or the aid; before temperature scaling), ``None`` without one; ``gated``: bool (N,) where the aid says
+    normal (``None`` without aid).
     """
 
     samples: list[Sample]

@@ -207,7 +207,8 @@ def calibration_fields(manifest: dict[str, Any], runs: dict[str, Path]) -> dict[
         note = ("no temperature was fitted (T = 1): the probabilities are the networks' softmax outputs; "
                 "read them as scores, not as frequencies")
     else:
-        note = (f"the class probabilities are softmax(logits / {temperature:.4g}), inside every exported graph; "
+        note = (f"the class probabilities are softmax(logits / {temperature:.4g}), inside every exported "
+                "graph; "
                 f"T fitted by minimising the negative log-likelihood on {fitted_on}")
     run = runs.get(CLASSIFIER) or runs.get(SEGMENTER)
     measured = _guarded(_eval_calibration, run) if run is not None and run.is_dir() else None
@@ -217,7 +218,8 @@ def calibration_fields(manifest: dict[str, Any], runs: dict[str, Path]) -> dict[
 
 
 def _calibration_lines(calibration: dict[str, Any]) -> list[str]:
-    lines = [f"{calibration['status']} (temperature {calibration['temperature']:.4g}): {calibration['note']}.", ""]
+    lines = [f"{calibration['status']} (temperature {calibration['temperature']:.4g}): "
+             f"{calibration['note']}.", ""]
     measured = calibration.get("evaluation") or {}
     if "before" not in measured:
         return [*lines, f"ECE and Brier score: {measured.get('status', NOT_EVALUATED)}."]

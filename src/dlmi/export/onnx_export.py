@@ -253,8 +253,9 @@ def export_onnx(
 
         if cls is not None:
             outputs = list(ClassifierGraph.output_names)
+            classes = list(cls.meta.get("classes") or [])
             head = {"temperature": temperature_of(cls.meta),
-                    "reference": class_index(list(cls.meta.get("classes") or []), cls.meta.get("normal_class"))}
+                    "reference": class_index(classes, cls.meta.get("normal_class"))}
             exported.append(_export_one(
                 CLASSIFIER, precision, ClassifierGraph(net(cls), **head), ClassifierGraph(cls.model, **head),
                 size=cls.image_size, dynamic_axes={0: "batch"},
@@ -379,7 +380,8 @@ def _manifest(exported: Sequence[Exported], cls: Source | None, seg: Source | No
     with_classes = cls if cls is not None else seg
     assert with_classes is not None
     trainings = [s.training for s in (cls, seg) if s is not None]
-    class_head = cls if cls is not None else seg if seg is not None and seg.meta.get("task") == "joint" else None
+    joint = seg is not None and seg.meta.get("task") == "joint"
+    class_head = cls if cls is not None else seg if joint else None
     return {
         "classes": [str(c) for c in with_classes.meta.get("classes") or []],
         "normal_class": with_classes.meta.get("normal_class"),

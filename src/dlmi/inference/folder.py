@@ -334,7 +334,8 @@ class _FolderPrediction:
         batch = np.stack([item.input for item in items])
         uncertainty = disagreement = None
         if self.mode == AIDED_MODE:
-            class_probs, mask_probs, gated, uncertainty, disagreement = self.predictor.two_stage_uncertain(batch)
+            outputs = self.predictor.two_stage_uncertain(batch)
+            class_probs, mask_probs, gated, uncertainty, disagreement = outputs
         else:
             mask_probs = self.predictor.segment(batch)
             class_probs, gated = None, None

@@ -58,7 +58,7 @@ def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature:
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, *, iterations: int = 80) -> float:
-    """The temperature ``T`` that minimises the NLL of ``softmax(logits / T)`` (:data:`TEMPERATURE_DEFINITION`):
+    """The temperature ``T`` minimising the NLL of ``softmax(logits / T)`` (:data:`TEMPERATURE_DEFINITION`):
     a golden-section search over ``log T`` in ``[log 0.05, log 20]`` (the NLL is convex in ``1/T``, so it
     has one minimum there). 1.0 for no images."""
     logits = np.asarray(logits, dtype=np.float64)
@@ -154,7 +154,8 @@ def calibration_scores(probs: np.ndarray, labels: np.ndarray, *, resamples: int 
 
     ece_interval = bootstrap_interval(n, lambda idx: _ece_rows(confidence, correct, idx, bins),
                                       resamples=resamples, seed=seed)
-    brier_interval = bootstrap_interval(n, lambda idx: brier[idx].mean(axis=1), resamples=resamples, seed=seed)
+    brier_interval = bootstrap_interval(n, lambda idx: brier[idx].mean(axis=1), resamples=resamples,
+                                        seed=seed)
     return {"ece": scored(expected_calibration_error(probs, labels, bins), ece_interval, ECE_DEFINITION),
             "brier": scored(brier_score(probs, labels), brier_interval, BRIER_DEFINITION),
             "reliability": reliability_bins(probs, labels, bins)}
@@ -166,7 +167,8 @@ def calibration_report(logits: np.ndarray, labels: np.ndarray, temperature: floa
     each with its bootstrap interval (the same resamples before and after: paired)."""
     labels = np.asarray(labels, dtype=np.int64)
     before = calibration_scores(scaled_probabilities(logits, 1.0), labels, resamples=resamples, seed=seed)
-    after = calibration_scores(scaled_probabilities(logits, temperature), labels, resamples=resamples, seed=seed)
+    after = calibration_scores(scaled_probabilities(logits, temperature), labels, resamples=resamples,
+                               seed=seed)
     for part, t in ((before, 1.0), (after, temperature)):
         part["nll"] = {"value": negative_log_likelihood(logits, labels, t) if len(labels) else None,
                        "definition": NLL_DEFINITION}

@@ -37,12 +37,15 @@ def temperature_of(meta: Mapping[str, Any]) -> float:
 def calibrated_on(meta: Mapping[str, Any]) -> str | None:
     """What the temperature was fitted on, in words; ``None`` where none was fitted (``T = 1``)."""
     record = meta.get("calibration")
-    return str(record["calibrated_on"]) if isinstance(record, Mapping) and record.get("calibrated_on") else None
+    if isinstance(record, Mapping) and record.get("calibrated_on"):
+        return str(record["calibrated_on"])
+    return None
 
 
 def check_temperature(value: object, where: str) -> float:
     """A stored temperature, checked: a finite number above 0; one line naming the file otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or value <= 0:
         raise DlmiError(f"{where}: 'temperature' must be a number above 0, got {value!r:.40}")
     return float(value)
 

@@ -60,7 +60,8 @@ class Pipeline(nn.Module):
     def votes(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                                   bool]:
         """:meth:`parts` and the votes behind them (:mod:`dlmi.runtime.uncertainty`): (class logits, seg
-        logits, class votes (V,N,K), mask votes (V',N,1,H,W), whether the class votes are ensemble members)."""
+        logits, class votes (V,N,K), mask votes (V',N,1,H,W), whether the class votes are ensemble
+        members)."""
         raise NotImplementedError
 
     def class_probs(self, class_logits: torch.Tensor) -> torch.Tensor:
@@ -74,7 +75,8 @@ class Pipeline(nn.Module):
         return class_probs, mask_probs, self.rule(class_probs, mask_probs)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """:data:`OUTPUT_NAMES`: class probs, gated mask probs, gated, uncertainty (N,), mask disagreement (N,)."""
+        """:data:`OUTPUT_NAMES`: class probs, gated mask probs, gated, uncertainty (N,), mask disagreement
+        (N,)."""
         from dlmi.runtime.uncertainty import mask_disagreement, probability_spread
 
         class_logits, seg_logits, class_votes, mask_votes, ensemble = self.votes(image)

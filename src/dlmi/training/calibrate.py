@@ -1,4 +1,4 @@
-"""A single run's temperature: fitted on its val side at the end of training (:mod:`dlmi.runtime.calibration`).
+"""One run's temperature: fitted on its val side at the end of training (:mod:`dlmi.runtime.calibration`).
 
 The run's ``best.pt`` (what export and prediction load by default) predicts the val side's images as
 evaluation reads them; the temperature that minimises the negative log-likelihood of those class logits
@@ -25,7 +25,8 @@ CHECKPOINT = "best.pt"
 
 
 def class_logits_of(trained: Any, source: DatasetSource, samples: Sequence[Sample],
-                    device: torch.device | str = "cpu", batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+                    device: torch.device | str = "cpu",
+                    batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """((N,K) class logits, (N,) labels) of a trained classifier or joint model on ``samples``."""
     from dlmi.datasets.loader import EvalImages
 
