@@ -106,7 +106,8 @@ def test_the_cards_code_runs_with_onnxruntime_alone_and_gives_the_output_shapes(
     shapes = dict(re.findall(r"^(\w+) (\([\d, ]*\))", done.stdout, flags=re.MULTILINE))
     assert manifest["model_card"]["usage"]["file"] == "two_stage.onnx"
     assert shapes == {"class_probs": f"(1, {len(CLASSES)})", "mask_probs": f"(1, 1, {SEGMENTER_SIZE}, "
-                      f"{SEGMENTER_SIZE})", "gated": "(1,)"}
+                      f"{SEGMENTER_SIZE})", "gated": "(1,)", "uncertainty": "(1,)",
+                      "mask_disagreement": "(1,)"}
 
 
 # --- a classifier run folder with its split, config and evaluation -------------------------------------
