@@ -197,7 +197,9 @@ def test_out_of_fold_scoring_is_the_runtime_on_each_held_out_member(trained):
 
     base, ensemble = trained["base"], trained["ensemble"]
     manifest = json.loads((ensemble / "ensemble.json").read_text())
-    oof = out_of_fold(ensemble, manifest["members"], flip_tta=manifest["flip_tta"])
+    # the gate sees the temperature-scaled probabilities, out of fold as in the shipped pipeline
+    oof = out_of_fold(ensemble, manifest["members"], flip_tta=manifest["flip_tta"],
+                      temperature=manifest["temperature"])
     settings = {k: manifest[k] for k in ("threshold", "min_lesion_pixels", "normal_threshold")}
     masks, gated = oof_masks(oof, **settings)
     classes = load_trained(ensemble).classes

@@ -349,7 +349,8 @@ def test_classifier_only_export_predicts_classes(classifier_only, tmp_path, caps
     assert code == 0, err
     with (out / "predictions.csv").open(newline="") as handle:
         reader = csv.DictReader(handle)
-        assert reader.fieldnames == ["file", "class", *[f"prob_{c}" for c in CLASSES]]
+        assert reader.fieldnames == ["file", "class", *[f"prob_{c}" for c in CLASSES], "uncertainty",
+                                     "mask_disagreement"]
         table = {row["file"]: row for row in reader}
     assert table["dark.png"]["class"] == "normal" and table["bright.png"]["class"] == "benign"
     for row in table.values():
