@@ -392,11 +392,12 @@ def main(argv: list[str] | None = None) -> None:
         sizes = [Image.open(p).size for p in files]
         inputs = np.stack([model_input(read_grey(p), seg.image_size) for p in files])
         pipeline = TwoStage(cls.model, seg.model, normal_index=cls.normal_index or 0,
-                            classifier_size=cls.image_size, segmenter_size=seg.image_size).eval()
+                            classifier_size=cls.image_size, segmenter_size=seg.image_size,
+                            threshold=seg.threshold, temperature=cls.temperature).eval()
         check = open_session(work / "models" / "two_stage.onnx", "cpu", args.threads)
         with torch.inference_mode():
-            want = pipeline(torch.from_numpy(inputs[:4]))
-        got = check.run(None, {"image": inputs[:4]})
+            want = pipeline(torch.from_numpy(inputs[:4]))[:3]
+        got = check.run(["class_probs", "mask_probs", "gated"], {"image": inputs[:4]})
         parity = float(max(np.abs(g.astype(np.float64) - w.numpy().astype(np.float64)).max()
                            for g, w in zip(got, want, strict=True)))
 
