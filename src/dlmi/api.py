@@ -615,3 +615,27 @@ __all__ = [
     "evaluate", "export_onnx", "load_predictor", "merge_predictions", "predict", "train_classifier",
     "train_joint", "train_segmenter",
 ]
+
+
+# --- review ----------------------------------------------------------------------------------------------
+
+
+def review(pred_dir: PathLike, *, truth: PathLike | None = None, out: PathLike | None = None,
+           flags: PathLike | None = None, quiet: bool = False) -> Path:
+    """``dlmi review PRED_DIR``: one self-contained HTML page (default ``PRED_DIR/review.html``, its pictures
+    in ``review-files/`` beside it) to look through a ``dlmi predict`` output image by image; ``truth``: a
+    folder of true masks (Dice, IoU, the confusion matrix); ``flags``: a flags CSV the page exported, marked
+    on the new page. Returns the page's path (docs/review.md)."""
+    import sys
+
+    from dlmi.review_page.build import PAGE_NAME, from_predictions
+    from dlmi.review_page.flags import read_flags
+    from dlmi.review_page.html import write_page
+
+    def log(message: str) -> None:
+        if not quiet:
+            print(f"dlmi: {message}", file=sys.stderr)
+
+    marks = read_flags(flags) if flags is not None else None
+    data = from_predictions(pred_dir, truth_dir=truth, flags=marks)
+    return write_page(data, Path(out) if out is not None else Path(pred_dir) / PAGE_NAME, log=log)
