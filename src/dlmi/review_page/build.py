@@ -210,7 +210,8 @@ def _pictures_reader(record: dict[str, Any], pred_dir: Path, input_dir: Path | N
                 raise DlmiError(f"{image or file}: neither the image nor its mask can be read")
             grey = np.zeros(predicted.shape, dtype=np.uint8)
         if predicted is None or predicted.shape != grey.shape:
-            predicted = np.zeros(grey.shape, dtype=bool) if predicted is None else _resized(predicted, grey.shape)
+            predicted = (np.zeros(grey.shape, dtype=bool) if predicted is None
+                         else _resized(predicted, grey.shape))
         true = None
         if truth_paths:
             true = _resized(read_mask(truth_paths), grey.shape)

@@ -67,7 +67,8 @@ def write_page(review: ReviewData, page: str | os.PathLike[str],
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DlmiError(f"{folder}: cannot create the review's picture folder ({exc.strerror or exc})") from None
+        reason = exc.strerror or exc
+        raise DlmiError(f"{folder}: cannot create the review's picture folder ({reason})") from None
     total = len(review.items)
     for index, item in enumerate(review.items):
         row = item.row

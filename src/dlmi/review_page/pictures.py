@@ -24,7 +24,8 @@ PANEL_SIZE = 320
 SEPARATOR = 4  # dark pixels between two panels
 TRUTH_RGB = np.array([0, 170, 90], dtype=np.float32)
 TRUTH_TINT = 0.45
-ERROR_COLOURS = {"false_positive": (230, 159, 0), "false_negative": (0, 114, 178), "true_positive": (245, 245, 245)}
+ERROR_COLOURS = {"false_positive": (230, 159, 0), "false_negative": (0, 114, 178),
+                 "true_positive": (245, 245, 245)}
 DIM = 0.55  # the errors panel's image brightness, so the colours stand out
 
 

@@ -67,7 +67,7 @@
   }
   function gateCell(r) {
     if (r.gated === null || r.gated === undefined) { return dash(); }
-    return el("span", { "class": "chip " + (r.gated ? "gated" : "open") }, r.gated ? "gated" : "lesion");
+    return el("span", { "class": "chip " + (r.gated ? "gated" : "open") }, r.gated ? "gated" : "not gated");
   }
   function marginCell(r) {
     if (!isNum(r.margin)) { return dash(); }
