@@ -386,3 +386,34 @@ def test_a_10000_row_page_loads_and_sorts(browser, tmp_path):
     smallest = min(item.row["area"] for item in items)
     assert areas[0] == pytest.approx(100 * smallest, abs=0.051)
     save_shot(browser, tmp_path / "10k.png")
+
+
+@pytest.mark.slow
+def test_evaluate_writes_the_test_sides_page(tmp_path):
+    """``dlmi evaluate RUN`` writes review-test.html: one row per test image, the aided masks it scored
+    (the mean of the rows' IoU is the report's seed mIoU of the aided variant)."""
+    from conftest import run_cli
+
+    cls, seg = tmp_path / "cls", tmp_path / "seg"
+    common = ["--dataset", "synthetic", "--epochs", "1", "--device", "cpu", "--quiet"]
+    for args in (["classifier", "--image-size", "64", "--batch-size", "32", "--out", str(cls)],
+                 ["segmenter", "--image-size", "32", "--base-channels", "4", "--batch-size", "16", "--aid",
+                  str(cls), "--out", str(seg)]):
+        done = run_cli("train", *args[:1], *common, *args[1:])
+        assert done.returncode == 0, done.stderr
+    code, output = invoke("evaluate", str(seg), "--json", "--resamples", "100")
+    assert code == 0, output
+    result = json.loads(output[output.index("{"):])
+    page = seg / "review-test.html"
+    assert page.is_file() and (seg / "review-test-files" / "detail").is_dir()
+    data = page_data(page)
+    rows = data["rows"]
+    assert len(rows) == result["context"]["n_images"]
+    assert all(r["true_class"] in ("normal", "benign", "malignant") for r in rows)
+    assert all((page.parent / r["detail"]).is_file() for r in rows)
+    aided = result["segmentation"]["variants"]["aided"]
+    assert np.mean([r["iou"] for r in rows]) == pytest.approx(aided["miou_seed"]["value"], abs=1e-3)
+    assert all((r["margin"] > 0) == r["gated"] for r in rows)
+    assert "the arg-max class is normal" in dict(data["provenance"])["gate"]
+    assert invoke("evaluate", str(seg), "--no-review", "--side", "val", "--resamples", "100")[0] == 0
+    assert not (seg / "review-val.html").exists()
