@@ -145,10 +145,13 @@ def screenshot(path: Path, workdir: Path) -> None:
         driver.set_window_size(1280, 820)
         driver.get(page.as_uri())
         wait_ready(driver)
-        for _ in range(2):  # true class, descending: a malignant image with two lesions first
-            driver.execute_script("document.querySelector('th[data-col=\"true_class\"]').click();")
+        driver.execute_script("document.querySelector('th[data-col=\"file\"]').click();")
+        # the detail of an ungated malignant image (two lesions in its truth, one predicted): all colours show
+        position = driver.execute_script(
+            "return window.dlmiReview.state.view.findIndex(r => r.true_class === 'malignant' && !r.gated);")
         body = driver.find_element("tag name", "body")
-        body.send_keys("j")
+        for _ in range(position + 1):
+            body.send_keys("j")
         body.send_keys("f")
         body.send_keys("\n")
         time.sleep(0.5)
