@@ -417,3 +417,30 @@ def test_evaluate_writes_the_test_sides_page(tmp_path):
     assert "the arg-max class is normal" in dict(data["provenance"])["gate"]
     assert invoke("evaluate", str(seg), "--no-review", "--side", "val", "--resamples", "100")[0] == 0
     assert not (seg / "review-val.html").exists()
+
+
+def test_older_outputs_and_calibration_columns(predicted, tmp_path, capsys):
+    """Outputs without the context block (an older dlmi) still make a page ("not recorded", no margin);
+    ``uncertainty`` and ``mask_disagreement`` are shown when the records carry them."""
+    out, _ = predicted
+    older = tmp_path / "older"
+    shutil.copytree(out, older, ignore=shutil.ignore_patterns("review*"))
+    table = json.loads((older / "predictions.json").read_text(encoding="utf-8"))
+    del table["context"]
+    for i, record in enumerate(table["predictions"]):
+        record["uncertainty"] = 0.01 * i
+        record["mask_disagreement"] = None if i == 0 else 0.5
+    (older / "predictions.json").write_text(json.dumps(table), encoding="utf-8")
+    assert invoke("review", str(older))[0] == 0
+    data = page_data(older / "review.html")
+    provenance = dict(data["provenance"])
+    assert provenance["input folder"] == "not recorded" and "not recorded" in provenance["gate"]
+    rows = data["rows"]
+    assert [r["uncertainty"] for r in rows] == pytest.approx([0.01 * i for i in range(len(rows))])
+    assert rows[0]["mask_disagreement"] is None and rows[1]["mask_disagreement"] == 0.5
+    assert all(r["margin"] is None for r in rows)
+    assert all(r["thumb"] for r in rows)  # the pictures come from the overlays when the inputs are unknown
+    capsys.readouterr()
+    assert run(["predict", str(older), "--out", str(tmp_path / "p"), "--num-shards", "2",
+                "--shard-index", "0", "--review"]) == 2
+    assert "--review with --num-shards" in capsys.readouterr().err
