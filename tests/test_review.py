@@ -340,7 +340,11 @@ def test_in_the_browser_sort_filter_flag_export_detail(predicted, browser, tmp_p
     assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image) > 0
     press(browser, "jk")
     assert browser.find_element(By.ID, "detail-file").text == "benign/benign (1).png"
-    press(browser, "jjjjf")
+    press(browser, "jjj")  # the DICOM file: no truth, so image | prediction only
+    assert browser.find_element(By.ID, "detail-file").text == "dicom/scan.dcm"
+    assert [s.text for s in browser.find_elements(By.CSS_SELECTOR, "#detail-captions span")] == \
+        ["image", "prediction"]
+    press(browser, "jf")
     assert browser.find_element(By.ID, "detail-file").text == "malignant/malignant (1).png"
     note = browser.find_element(By.ID, "detail-note")
     note.send_keys("outline too wide")

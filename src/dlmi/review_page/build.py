@@ -181,7 +181,7 @@ def _export_info(context: dict[str, Any]) -> tuple[dict[str, Any], Path | None]:
 
 def _pictures_reader(record: dict[str, Any], pred_dir: Path, input_dir: Path | None,
                      truth: TruthFolder | None, truth_class: str | None,
-                     normal_class: str | None) -> tuple[Pictures | None, Path | None, list[Path]]:
+                     normal_class: str | None) -> Pictures:
     """How to read one record's grey image, predicted mask and true mask."""
     from dlmi.dicom import read_dicom_grey
 
@@ -219,7 +219,7 @@ def _pictures_reader(record: dict[str, Any], pred_dir: Path, input_dir: Path | N
             true = np.zeros(grey.shape, dtype=bool)
         return grey, predicted, true
 
-    return read, image, truth_paths
+    return read
 
 
 def _resized(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -258,7 +258,7 @@ def from_predictions(pred_dir: str | os.PathLike[str], *, truth_dir: str | os.Pa
             continue
         row = page_row(record, classes, gate)
         row["true_class"] = true_class(row["file"], classes) if truth is not None else None
-        reader, _, _ = _pictures_reader(record, pred_dir, input_dir, truth, row["true_class"], normal_class)
+        reader = _pictures_reader(record, pred_dir, input_dir, truth, row["true_class"], normal_class)
         items.append(ReviewItem(row, reader))
     failed = [f for f in data.get("failed") or [] if isinstance(f, dict)]
     files = settings.get("files") if isinstance(settings.get("files"), dict) else {}

@@ -85,6 +85,7 @@ def write_page(review: ReviewData, page: str | os.PathLike[str],
             row["problem"] = str(exc)
             log(f"review: {exc}")
             continue
+        row["panels"] = 4 if truth is not None else 2  # the detail strip: with or without the truth panels
         row["thumb"] = f"{quote(folder.name)}/{thumb}"
         row["detail"] = f"{quote(folder.name)}/{detail}"
         if (index + 1) % PROGRESS_EVERY == 0:

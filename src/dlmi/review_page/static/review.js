@@ -257,7 +257,7 @@
   function renderDetail() {
     var r = current();
     if (!r) { return; }
-    var withTruth = r.dice !== null && r.dice !== undefined || (r.detail && hasTruth && r.true_class);
+    var withTruth = r.panels === 4;
     $("detail-pos").textContent = (state.cursor + 1) + " / " + state.view.length;
     $("detail-file").textContent = r.file;
     var flag = $("detail-flag");
