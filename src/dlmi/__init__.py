@@ -30,7 +30,7 @@ _LAZY = {
     **{name: "dlmi.api" for name in (
         "train_classifier", "train_segmenter", "train_joint", "evaluate", "export_onnx", "load_predictor",
         "EvaluationReport", "Estimate", "MaskScores", "ImagePredictor", "Prediction", "predict",
-        "merge_predictions",
+        "merge_predictions", "review",
     )},
     "DatasetSource": "dlmi.datasets.base",
     "Sample": "dlmi.datasets.base",

@@ -358,14 +358,25 @@ def evaluate(
     run: PathLike, *, aid: PathLike | None = None, split: PathLike | None = None, side: str = "test",
     data_dir: PathLike | None = None, checkpoint: str = "best", batch_size: int = 16, workers: int = 0,
     device: str = "auto", resamples: int = 2000, seed: int = 0, panels: bool = True, write: bool = True,
+    review: bool = True,
 ) -> EvaluationReport:
     """Evaluate a run folder (``dlmi evaluate RUN``) on ``side`` of its split: writes ``eval-SIDE.json`` /
-    ``.md`` and figures into it (``write=False``: nothing written) and returns the typed report."""
+    ``.md`` and figures into it (``write=False``: nothing written) and returns the typed report. With
+    ``review`` (and ``write``), the test side's review page too: ``review-test.html`` (docs/review.md)."""
     from dlmi.evaluation import evaluate_run
+
+    def review_page(evaluator: Any, one: str, result: dict[str, Any]) -> None:
+        from dlmi.review_page.evaluated import from_evaluation, page_path
+        from dlmi.review_page.html import write_page
+
+        if one == "test" and write and review:
+            page = write_page(from_evaluation(evaluator, one), page_path(evaluator.inputs.out_dir, one),
+                              log=lambda message: None)
+            result.setdefault("files", {})["review"] = str(page)
 
     result = evaluate_run(run, aid=aid, split=split, side=side, data_dir=data_dir, checkpoint=checkpoint,
                           batch_size=batch_size, workers=workers, device=device, resamples=resamples,
-                          seed=seed, panels=panels, write=write)
+                          seed=seed, panels=panels, write=write, on_side=review_page)
     return EvaluationReport.from_result(result)
 
 
@@ -624,3 +635,27 @@ __all__ = [
     "evaluate", "export_onnx", "load_predictor", "merge_predictions", "predict", "train_classifier",
     "train_joint", "train_segmenter",
 ]
+
+
+# --- review ----------------------------------------------------------------------------------------------
+
+
+def review(pred_dir: PathLike, *, truth: PathLike | None = None, out: PathLike | None = None,
+           flags: PathLike | None = None, quiet: bool = False) -> Path:
+    """``dlmi review PRED_DIR``: one self-contained HTML page (default ``PRED_DIR/review.html``, its pictures
+    in ``review-files/`` beside it) to look through a ``dlmi predict`` output image by image; ``truth``: a
+    folder of true masks (Dice, IoU, the confusion matrix); ``flags``: a flags CSV the page exported, marked
+    on the new page. Returns the page's path (docs/review.md)."""
+    import sys
+
+    from dlmi.review_page.build import PAGE_NAME, from_predictions
+    from dlmi.review_page.flags import read_flags
+    from dlmi.review_page.html import write_page
+
+    def log(message: str) -> None:
+        if not quiet:
+            print(f"dlmi: {message}", file=sys.stderr)
+
+    marks = read_flags(flags) if flags is not None else None
+    data = from_predictions(pred_dir, truth_dir=truth, flags=marks)
+    return write_page(data, Path(out) if out is not None else Path(pred_dir) / PAGE_NAME, log=log)

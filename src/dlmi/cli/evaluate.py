@@ -67,8 +67,11 @@ def run_command(
     resamples: int = typer.Option(2000, "--resamples", help="Bootstrap resamples for the 95 % intervals."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     panels: bool = typer.Option(True, "--panels/--no-panels", help="Draw the qualitative panels PNG."),
+    review: bool = typer.Option(True, "--review/--no-review", help="Write the test side's review page "
+                                "(review-test.html and review-test-files/ in the run folder)."),
 ) -> None:
-    """Evaluate a training run on one side of its split; writes eval-SIDE.json / .md and figures into it.
+    """Evaluate a training run on one side of its split; writes eval-SIDE.json / .md and figures into it, and
+    for the test side the review page review-test.html (docs/review.md).
 
     Example: `dlmi evaluate runs/unet-dice --aid runs/classifier --side test`
     """
@@ -76,10 +79,11 @@ def run_command(
 
     report = evaluate(run_dir, aid=aid, split=split, side=side, data_dir=data_dir, checkpoint=checkpoint,
                       batch_size=batch_size, workers=workers, device=device, resamples=resamples, seed=seed,
-                      panels=panels)
+                      panels=panels, review=review)
     per_side = report.sides or {side: report}
     lines = [report.markdown()]
     lines += ["Written: " + ", ".join(f"{r.files['json']}, {r.files['markdown']}"
+                                      + (f", {r.files['review']}" if r.files.get("review") else "")
                                       for r in per_side.values()) + "\n"]
     _emit(report.to_dict(), as_json, lines)
 

@@ -35,7 +35,7 @@ def _global_options(
 
 def make_app() -> typer.Typer:
     """A fresh ``dlmi`` app with every built-in command group and every plugin's sub-commands."""
-    from dlmi.cli import data, evaluate, export, model, plugins_cmd, predict, reproduce, train
+    from dlmi.cli import data, evaluate, export, model, plugins_cmd, predict, reproduce, review, train
     from dlmi.plugins import register_commands
 
     app = typer.Typer(
@@ -54,6 +54,7 @@ def make_app() -> typer.Typer:
     evaluate.install(app)
     app.add_typer(export.app, name="export")
     predict.install(app)
+    review.install(app)
     app.command("reproduce", help=reproduce.reproduce_command.__doc__)(reproduce.reproduce_command)
     register_commands(app)
     return app

@@ -13,6 +13,8 @@ import click
 import typer
 from typer.core import TyperCommand
 
+from dlmi.errors import DlmiError
+
 EXIT_SKIPPED = 1  # some input files could not be predicted; 2 (a DlmiError) is a usage/model/output error
 
 
@@ -121,6 +123,9 @@ def predict_command(
     gpus_per_actor: float = typer.Option(
         0.0, "--gpus-per-actor", min=0.0, help="--engine ray: GPUs for each actor (0.5: two share one)."
     ),
+    review: bool = typer.Option(
+        False, "--review", help="At the end, write OUT/review.html, the review page (`dlmi review OUT`)."
+    ),
 ) -> None:
     """Predict a lesion mask for every image under FOLDER: a mask PNG at the image's size, an overlay
     PNG, and predictions.csv / predictions.json in OUT. With --aided, the classifier runs first and
@@ -148,6 +153,9 @@ def predict_command(
     from dlmi.inference.shards import check_shard
 
     check_shard(num_shards, shard_index)  # before the models are opened
+    if review and num_shards is not None:
+        raise DlmiError("--review with --num-shards: a shard has no predictions.json of its own; run "
+                        "`dlmi review OUT` after `dlmi predict merge OUT`")
 
     opener = {"models": models or [], "backend": backend, "provider": provider, "aided": aided, "tile": tile,
               "threads": threads or None, "fp16": fp16, "int8": int8}
@@ -167,6 +175,10 @@ def predict_command(
     folders = "" if summary.mode == "classifier" else f"{summary.out}/masks, " + (
         f"{summary.out}/overlays, " if overlays else "")
     typer.echo(f"outputs: {folders}{summary.csv}, {summary.json}")
+    if review:
+        from dlmi.api import review as write_review
+
+        typer.echo(f"review page: {write_review(summary.out)}")
     if summary.failed:
         raise typer.Exit(EXIT_SKIPPED)
 

@@ -8,7 +8,7 @@ it also writes ``eval-<side>.json``, ``eval-<side>.md`` and the figures into the
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -389,12 +389,14 @@ def evaluate_run(
     seed: int = DEFAULT_SEED,
     panels: bool = True,
     write: bool = True,
+    on_side: Callable[[Evaluator, str, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run folder on ``side`` (``train``, ``val``, ``test`` or ``all``) and return the result.
 
     With ``side="all"`` the result is ``{"side": "all", "sides": {"train": ..., "val": ..., "test": ...}}``
     (sides without images are left out). ``write`` puts ``eval-<side>.json`` / ``.md`` and the figures into
-    the run folder; ``panels`` draws the seed's qualitative panels (segmentation runs).
+    the run folder; ``panels`` draws the seed's qualitative panels (segmentation runs). ``on_side`` is called
+    with the evaluator, each side and its result (``dlmi evaluate`` writes the side's review page there).
     """
     if side not in EVAL_SIDES:
         raise DlmiError(f"unknown side {side!r}; expected one of {', '.join(EVAL_SIDES)}")
@@ -416,6 +418,8 @@ def evaluate_run(
             result["figures"] = {"panels": str(panel_path)}
         if write:
             result["files"] = evaluator.write_side(result)
+        if on_side is not None:
+            on_side(evaluator, one, result)
         results[one] = result
     if side == "all":
         return {"side": "all", "sides": results}

@@ -267,6 +267,19 @@ class _FolderPrediction:
                               **self.predictor.fingerprint()}
         return self._settings
 
+    def context(self) -> dict[str, Any]:
+        """Where the outputs came from, for the review page's provenance: the input folder, the model files
+        (absolute paths) and, in aided mode, the gate's rule (``dlmi review``)."""
+        info = self.predictor.info
+        models = {kind: str(Path(path).resolve()) for kind, path in sorted(info.sources.items())}
+        context: dict[str, Any] = {"input": str(self.folder.resolve()), "models": models}
+        if self.mode == AIDED_MODE and info.normal_index is not None:
+            gate = info.gate()
+            context["gate"] = {"rule": gate.describe(str(info.normal_class)),
+                               "normal_class": info.normal_class, "normal_threshold": gate.normal_threshold,
+                               "min_lesion_pixels": gate.min_lesion_pixels, "threshold": self.threshold}
+        return context
+
     def stem(self, unit: Unit) -> str | None:
         """The output path stem of ``unit``; ``None`` where nothing but the tables is written."""
         return None if self.mode == CLASSIFY_MODE else unit.stem
@@ -675,7 +688,8 @@ def _predict_locked(folder: Path, out: Path, predictor: Predictor, settings: Pre
             prediction.report_removed()
             csv_path, _ = write_ordered_tables(out, done_records, classes=prediction.classes,
                                                settings=prediction.output_settings(),
-                                               failed=prediction.failed, names=names, extra=shard_extra)
+                                               failed=prediction.failed, names=names, extra=shard_extra,
+                                               context=prediction.context())
             saved = f"the {len(done_records)} images done are in {csv_path}"
         except OutputWriteError:
             saved = f"the {len(done_records)} images done are in {prediction.progress.path}"
@@ -688,7 +702,8 @@ def _predict_locked(folder: Path, out: Path, predictor: Predictor, settings: Pre
     csv_path, json_path = write_ordered_tables(out, prediction.finished_records(units),
                                                classes=prediction.classes,
                                                settings=prediction.output_settings(),
-                                               failed=prediction.failed, names=names, extra=shard_extra)
+                                               failed=prediction.failed, names=names, extra=shard_extra,
+                                               context=prediction.context())
     return PredictSummary(out=out, total=len(units) + failed_before,
                           predicted=predicted, skipped=skipped, failed=prediction.failed, csv=csv_path,
                           json=json_path, running_on=predictor.running_on, mode=mode)

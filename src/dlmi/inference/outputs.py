@@ -565,9 +565,12 @@ def _csv_row(record: dict[str, Any], classes: Sequence[str], mode: str, dicom: b
 
 def write_tables(out: Path, records: Sequence[dict[str, Any]], *, classes: Sequence[str],
                  settings: dict[str, Any], failed: Sequence[dict[str, str]], csv_name: str = CSV_NAME,
-                 json_name: str = JSON_NAME, extra: dict[str, Any] | None = None) -> tuple[Path, Path]:
+                 json_name: str = JSON_NAME, extra: dict[str, Any] | None = None,
+                 context: dict[str, Any] | None = None) -> tuple[Path, Path]:
     """``predictions.csv`` and ``predictions.json`` (records in input order, the failures, the settings);
-    a shard's run names its own (``csv_name``, ``json_name``) and adds what identifies it (``extra``)."""
+    a shard's run names its own (``csv_name``, ``json_name``) and adds what identifies it (``extra``).
+    ``context`` (the input folder, the model files, the gate: what ``dlmi review`` shows as provenance) is
+    kept in the JSON only; it is not part of the settings, so it never makes a re-run predict again."""
     mode = str(settings.get("mode", "aided"))
     text = io.StringIO()
     # RFC 4180 line ends: csv quotes a field holding any character of the line terminator, so with CRLF a
@@ -583,7 +586,8 @@ def write_tables(out: Path, records: Sequence[dict[str, Any]], *, classes: Seque
         csv_bytes = text.getvalue().encode("utf-8", errors="backslashreplace")
         csv_path = write_atomic(out / csv_name, lambda f: f.write(csv_bytes))
         json_path = write_json_atomic(out / json_name, {
-            "settings": settings, **(extra or {}), "classes": list(classes), "predictions": public,
+            "settings": settings, **({"context": context} if context is not None else {}), **(extra or {}),
+            "classes": list(classes), "predictions": public,
             "failed": list(failed),
         })
     except OSError as exc:

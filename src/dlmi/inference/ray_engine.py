@@ -468,7 +468,8 @@ def _predict_locked(inputs: Inputs, out: Path, predictor: Predictor, opener: dic
         prediction.removed += prediction.progress.remove_stale(out, stems)
     prediction.report_removed()
     csv_path, json_path = write_tables(out, records, classes=prediction.classes,
-                                       settings=prediction.output_settings(), failed=failed)
+                                       settings=prediction.output_settings(), failed=failed,
+                                       context=prediction.context())
     if write_error is not None:
         raise DlmiError(f"{write_error}; stopped: the {len(records)} images done are in {csv_path}; fix the "
                         "cause and re-run to continue")

@@ -122,13 +122,14 @@ def order_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def write_ordered_tables(out: Path, records: Iterable[dict[str, Any]], *, classes: Sequence[str],
                          settings: dict[str, Any], failed: Iterable[dict[str, Any]],
-                         names: OutputNames | None = None, extra: dict[str, Any] | None = None
-                         ) -> tuple[Path, Path]:
+                         names: OutputNames | None = None, extra: dict[str, Any] | None = None,
+                         context: dict[str, Any] | None = None) -> tuple[Path, Path]:
     """The tables of ``records`` and ``failed`` in input order, whatever order they were predicted in: the
     same bytes for the same records (``names``: a shard's table names; default ``predictions.csv/json``)."""
     names = names or output_names(None)
     return write_tables(out, order_records(records), classes=classes, settings=settings,
-                        failed=order_records(failed), csv_name=names.csv, json_name=names.json, extra=extra)
+                        failed=order_records(failed), csv_name=names.csv, json_name=names.json, extra=extra,
+                        context=context)
 
 
 def shard_of(name: str, pattern: re.Pattern[str] = SHARD_FILE) -> Shard | None:
@@ -295,5 +296,6 @@ def merge_shards(out: str | os.PathLike[str], log: Callable[[str], None] = print
         records += data["predictions"]
         failed += data["failed"]
     csv_path, json_path = write_ordered_tables(out, records, classes=first["classes"],
-                                               settings=first["settings"], failed=failed)
+                                               settings=first["settings"], failed=failed,
+                                               context=first.get("context"))
     return MergeSummary(csv_path, json_path, count, len(records), len(failed))

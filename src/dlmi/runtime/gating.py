@@ -84,6 +84,18 @@ class Gate:
             said += f", or fewer than {self.min_lesion_pixels} pixels above {self.threshold:g}"
         return said
 
+    def margin(self, class_probs: np.ndarray) -> np.ndarray:
+        """Float (N,): how far each image's class probabilities are from switching the classifier's part of
+        the gate — ``P(normal) − normal_threshold``, or under the arg-max rule ``P(normal) −`` the largest
+        other class's probability. Positive says normal (gated), negative not; the smallest-lesion part is
+        not measured here."""
+        probs = np.asarray(class_probs, dtype=np.float64)
+        normal = probs[:, self.normal_index]
+        if self.normal_threshold is not None:
+            return normal - self.normal_threshold
+        others = np.delete(probs, self.normal_index, axis=1)
+        return normal - (others.max(axis=1) if others.shape[1] else 0.0)
+
     def __call__(self, class_probs: Array, mask_probs: Array | None = None, *,
                  min_lesion_pixels: int | None = None) -> Array:
         """Bool (N,): the images whose mask is emptied. ``mask_probs`` (N,…) is needed only with a
