@@ -48,6 +48,7 @@ class ModelInfo:
     sources: dict[str, str] = field(default_factory=dict)
     normal_threshold: float | None = None  # an ensemble's gate: P(normal) at least this (None: arg-max)
     min_lesion_pixels: int = 0  # an ensemble's gate: fewer lesion pixels (at the model's size) is normal
+    dataset: str | None = None  # the dataset the models were trained on (the DICOM SEG's segment codes)
 
     @property
     def normal_index(self) -> int | None:
@@ -285,6 +286,7 @@ class TorchPredictor(Predictor):
             sources={t.task: str(t.checkpoint) for t in loaded},
             normal_threshold=gate_meta.get("normal_threshold"),
             min_lesion_pixels=int(gate_meta.get("min_lesion_pixels") or 0),
+            dataset=(seg or cls).meta.get("dataset") if (seg or cls) else None,
         )
         where = ", ".join(str(p) for p in paths) or "--models"
         _check_modes(self.info, where, aided=aided)
