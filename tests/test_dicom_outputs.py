@@ -69,7 +69,8 @@ def dciodvfy_errors(path: Path) -> tuple[list[str], int]:
         return [], 0
     result = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, check=False)
     lines = (result.stdout + result.stderr).splitlines()
-    return [line for line in lines if line.startswith("Error")], sum(line.startswith("Warning") for line in lines)
+    warnings = sum(line.startswith("Warning") for line in lines)
+    return [line for line in lines if line.startswith("Error")], warnings
 
 
 def mask_png(out: Path, stem: str) -> np.ndarray:
@@ -283,7 +284,12 @@ def test_export_records_the_dataset_segment_codes(exported):
 def test_codes_agree_with_pydicom_and_a_dataset_without_segment_gets_the_default():
     from pydicom.sr.codedict import codes
 
-    from dlmi.datasets.segment_codes import BREAST, DEFAULT_SEGMENT_CODES, MASS, MORPHOLOGICALLY_ABNORMAL_STRUCTURE
+    from dlmi.datasets.segment_codes import (
+        BREAST,
+        DEFAULT_SEGMENT_CODES,
+        MASS,
+        MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+    )
     from dlmi.export.metadata import dataset_segment_codes
 
     for ours, theirs in ((MORPHOLOGICALLY_ABNORMAL_STRUCTURE, codes.SCT.MorphologicallyAbnormalStructure),
