@@ -569,8 +569,7 @@ def predict(
     local one; ``folder`` may then be a text file listing paths or URIs). ``backend`` as in
     :func:`load_predictor`; lines go to stderr unless ``quiet``. ``dicom_seg`` / ``dicom_sr``: each DICOM
     input's DICOM Segmentation / Comprehensive SR too (``dlmi predict --dicom-seg/--dicom-sr``).
-    Returns what was done (``.predicted``,
-    ``.failed``, ``.csv``, ``.json``)."""
+    Returns what was done (``.predicted``, ``.failed``, ``.csv``, ``.json``)."""
     import sys
 
     from dlmi.inference.folder import PredictSettings, predict_folder

@@ -17,6 +17,9 @@ images that were done; an input whose output name is too long for the file syste
 is locked while a run writes into it (:class:`~dlmi.inference.outputs.OutputLock`). An image of one
 constant value (no contrast) is predicted and named on stderr.
 
+With ``dicom_seg`` / ``dicom_sr``, each DICOM input file also gets a DICOM Segmentation / Comprehensive SR
+(:mod:`dlmi.inference.dicom_outputs`), written once all its frames are done.
+
 Three modes, from the models given: ``aided`` (classifier gate + segmenter), ``segmenter`` (masks only) and
 ``classifier`` (a classifier alone: the class and probabilities, no masks).
 """
