@@ -298,3 +298,16 @@ def test_codes_agree_with_pydicom_and_a_dataset_without_segment_gets_the_default
     assert dataset_segment_codes("synthetic") == DEFAULT_SEGMENT_CODES
     assert dataset_segment_codes("no-such-dataset") == DEFAULT_SEGMENT_CODES
     assert dataset_segment_codes("busi").region == BREAST
+
+
+def test_torch_backend_takes_the_codes_from_the_checkpoints_dataset(exported, tmp_path):
+    _, _, seg_path = exported
+    write_ultrasound(tmp_path / "scans" / "c.dcm", bright((30, 30)))
+    predictor = open_predictor([seg_path], backend="torch")
+    out = tmp_path / "out"
+    predict_folder(tmp_path / "scans", out, predictor, PredictSettings(dicom_seg=True), log=lambda m: None)
+    seg = dcmread(out / "dicom" / "c.dcm.dcm")
+    assert segment_codes(seg)["region"] == ("76752008", "SCT", "Breast")
+    algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert file_digest(seg_path) in algorithm.AlgorithmParameters
+    assert np.array_equal(seg.pixel_array.astype(bool), mask_png(out, "c.dcm"))
