@@ -311,3 +311,14 @@ def test_torch_backend_takes_the_codes_from_the_checkpoints_dataset(exported, tm
     algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
     assert file_digest(seg_path) in algorithm.AlgorithmParameters
     assert np.array_equal(seg.pixel_array.astype(bool), mask_png(out, "c.dcm"))
+
+
+def test_the_ray_engine_refuses_dicom_outputs_in_one_line(exported, tmp_path, capsys):
+    pytest.importorskip("ray")
+    models, _, _ = exported
+    write_ultrasound(tmp_path / "scans" / "c.dcm", bright((30, 30)))
+    code = run(["predict", str(tmp_path / "scans"), "--models", str(models), "--out", str(tmp_path / "o"),
+                "--engine", "ray", "--dicom-seg"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--engine ray" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()
