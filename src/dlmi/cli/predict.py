@@ -99,12 +99,12 @@ def predict_command(
     ),
     dicom_seg: bool = typer.Option(
         False, "--dicom-seg", help="Also write each DICOM input's mask as a DICOM Segmentation, "
-                                   "OUT/dicom/<path>.dcm (one per file, a frame per cine frame; pip install "
+                                   "OUT/dicom/PATH.dcm (one per file, a frame per cine frame; pip install "
                                    "'dlmi[dicom-seg]'; docs/dicom.md)."
     ),
     dicom_sr: bool = typer.Option(
         False, "--dicom-sr", help="Also write each DICOM input's class and probabilities as a DICOM "
-                                  "Comprehensive SR, OUT/dicom-sr/<path>.dcm (needs a classifier)."
+                                  "Comprehensive SR, OUT/dicom-sr/PATH.dcm (needs a classifier)."
     ),
     # Past one machine (docs/distributed.md): this run's share of the inputs.
     num_shards: int | None = typer.Option(
