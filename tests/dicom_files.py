@@ -18,6 +18,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     JPEGBaseline8Bit,
     SecondaryCaptureImageStorage,
+    UltrasoundImageStorage,
     UltrasoundMultiFrameImageStorage,
     generate_uid,
 )
@@ -134,6 +135,36 @@ def write_without_image(path: Path) -> Path:
     """A valid DICOM file with no pixel data (like a structured report)."""
     ds = new_dataset(1, 1)
     del ds.Rows, ds.Columns
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_ultrasound(path: Path, pixels: np.ndarray, *, frame_of_reference: bool = True,
+                     patient_name: str = "Doe^Jane") -> Path:
+    """An 8-bit MONOCHROME2 ultrasound image as a scanner writes it: (H, W) as Ultrasound Image Storage,
+    (F, H, W) as an Ultrasound Multi-frame (cine) file, with the patient and study modules filled
+    (``PatientName`` as given), and a Frame of Reference UID unless ``frame_of_reference`` is False."""
+    frames = pixels.shape[0] if pixels.ndim == 3 else 1
+    rows, columns = pixels.shape[-2:]
+    ds = new_dataset(rows, columns, frames=frames)
+    sop_class = UltrasoundMultiFrameImageStorage if frames > 1 else UltrasoundImageStorage
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.Modality = "US"
+    ds.PatientName = patient_name
+    ds.PatientSex = "F"
+    ds.StudyDate, ds.StudyTime, ds.StudyID = "20240131", "093000", "STUDY-7"
+    ds.ReferringPhysicianName = "Smith^John"
+    ds.SeriesNumber, ds.InstanceNumber = 3, 1
+    ds.BodyPartExamined = "BREAST"
+    if frame_of_reference:
+        ds.FrameOfReferenceUID = generate_uid()
+        ds.PositionReferenceIndicator = ""
+    ds.set_pixel_data(pixels, "MONOCHROME2", 8, generate_instance_uid=False)
+    if frames > 1:
+        ds.NumberOfFrames = frames
+        ds.FrameTime = 33.3
+        ds.FrameIncrementPointer = 0x00181063  # Frame Time
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path

@@ -581,13 +581,15 @@ def predict(
     fp16: bool = False, int8: bool = False, exclude: Sequence[str] = (), overlays: bool = True,
     num_shards: int | None = None, shard_index: int | None = None, engine: str = "local",
     address: str | None = None, actors: int | None = None, gpus_per_actor: float = 0.0, quiet: bool = False,
+    dicom_seg: bool = False, dicom_sr: bool = False,
 ) -> PredictSummary:
     """``dlmi predict FOLDER``: every image under ``folder`` into ``out`` (masks, overlays, the tables);
     ``num_shards``/``shard_index``: this run's shard only (``predictions-I-of-N.csv/json``; join them with
     :func:`merge_predictions`). ``engine="ray"`` runs it on Ray (``address``: a running cluster, else a
     local one; ``folder`` may then be a text file listing paths or URIs). ``backend`` as in
-    :func:`load_predictor`; lines go to stderr unless ``quiet``. Returns what was done (``.predicted``,
-    ``.failed``, ``.csv``, ``.json``)."""
+    :func:`load_predictor`; lines go to stderr unless ``quiet``. ``dicom_seg`` / ``dicom_sr``: each DICOM
+    input's DICOM Segmentation / Comprehensive SR too (``dlmi predict --dicom-seg/--dicom-sr``).
+    Returns what was done (``.predicted``, ``.failed``, ``.csv``, ``.json``)."""
     import sys
 
     from dlmi.inference.folder import PredictSettings, predict_folder
@@ -608,7 +610,8 @@ def predict(
     patterns = (exclude,) if isinstance(exclude, str) else tuple(exclude)
     settings = PredictSettings(aided=aided, tile=tile, threshold=threshold, batch_size=batch_size,
                                overwrite=overwrite, exclude=patterns, overlays=overlays,
-                               threads=threads, num_shards=num_shards, shard_index=shard_index)
+                               threads=threads, num_shards=num_shards, shard_index=shard_index,
+                               dicom_seg=dicom_seg, dicom_sr=dicom_sr)
 
     def log(message: str) -> None:
         if not quiet:

@@ -99,6 +99,15 @@ def predict_command(
     overlays: bool = typer.Option(
         True, "--overlays/--no-overlays", help="Also write an overlay PNG per image (lesion in red)."
     ),
+    dicom_seg: bool = typer.Option(
+        False, "--dicom-seg", help="Also write each DICOM input's mask as a DICOM Segmentation, "
+                                   "OUT/dicom/PATH.dcm (one per file, a frame per cine frame; pip install "
+                                   "'dlmi[dicom-seg]'; docs/dicom.md)."
+    ),
+    dicom_sr: bool = typer.Option(
+        False, "--dicom-sr", help="Also write each DICOM input's class and probabilities as a DICOM "
+                                  "Comprehensive SR, OUT/dicom-sr/PATH.dcm (needs a classifier)."
+    ),
     # Past one machine (docs/distributed.md): this run's share of the inputs.
     num_shards: int | None = typer.Option(
         None, "--num-shards", help="Split the inputs into N shards (sorted paths, every N-th); with "
@@ -145,6 +154,12 @@ def predict_command(
     them into predictions.csv/json (so does the next run without shards into OUT). A folder of images named
     `merge` is written `./merge`.
 
+    DICOM outputs (docs/dicom.md): with --dicom-seg each DICOM input also gets a DICOM Segmentation in
+    OUT/dicom/ (binary, one segment "lesion" coded by the models' dataset, referencing the source's UIDs,
+    an empty segment where the mask is empty); with --dicom-sr a Comprehensive SR of the predicted class
+    and probabilities in OUT/dicom-sr/. Other inputs get none (said once). Both need highdicom: pip install
+    'dlmi[dicom-seg]'.
+
     Example: `dlmi predict --aided scans/ --models exported/ --out predictions/ --exclude '*_mask*'`
     """
     from dlmi.inference.folder import PredictSettings, predict_folder
@@ -165,7 +180,8 @@ def predict_command(
     typer.echo(f"running on: {predictor.running_on}")
     settings = PredictSettings(aided=aided, tile=tile, threshold=threshold, batch_size=batch_size,
                                overwrite=overwrite, exclude=tuple(exclude or ()), overlays=overlays,
-                               threads=threads or None, num_shards=num_shards, shard_index=shard_index)
+                               threads=threads or None, num_shards=num_shards, shard_index=shard_index,
+                               dicom_seg=dicom_seg, dicom_sr=dicom_sr)
     with progress_display(sys.stderr.isatty()) as (log, progress):
         summary = (run_engine or predict_folder)(folder, out, predictor, settings, log=log, progress=progress)
     typer.echo(
@@ -174,7 +190,9 @@ def predict_command(
     )
     folders = "" if summary.mode == "classifier" else f"{summary.out}/masks, " + (
         f"{summary.out}/overlays, " if overlays else "")
-    typer.echo(f"outputs: {folders}{summary.csv}, {summary.json}")
+    dicom = "".join(f"{summary.out}/{name}, " for name, on in (("dicom", dicom_seg), ("dicom-sr", dicom_sr))
+                    if on)
+    typer.echo(f"outputs: {folders}{dicom}{summary.csv}, {summary.json}")
     if review:
         from dlmi.api import review as write_review
 

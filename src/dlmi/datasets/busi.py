@@ -19,6 +19,7 @@ from pathlib import Path
 
 from dlmi.datasets.base import FileDataset, Sample
 from dlmi.datasets.folders import class_folders, image_files, natural_key
+from dlmi.datasets.segment_codes import BREAST, SegmentCodes
 from dlmi.errors import DlmiError
 from dlmi.hookspecs import hookimpl
 from dlmi.imageio import image_stem
@@ -33,6 +34,7 @@ class BusiDataset(FileDataset):
     classes = ("normal", "benign", "malignant")
     normal_class = "normal"
     has_masks = True
+    segment = SegmentCodes(region=BREAST)  # a DICOM SEG's lesion: a mass in the breast
     needs_data_dir = True
     expected_layout = (
         "DIR/{normal,benign,malignant}/NAME.png (or .jpg, .dcm, DICOM) with its mask NAME_mask.png (plus "

@@ -30,6 +30,7 @@ from typing import Any
 import onnx
 
 from dlmi.datasets.base import MAX_IMAGE_SIZE
+from dlmi.datasets.segment_codes import DEFAULT_SEGMENT_CODES, SegmentCodes, segment_codes_of
 from dlmi.digest import file_digest
 from dlmi.errors import DlmiError
 
@@ -361,3 +362,36 @@ def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
             if isinstance(checked, dict) and Path(str(checked.get("checkpoint"))).is_file():
                 _verify(Path(checked["checkpoint"]), checked.get("sha256"), folder / EXPORT_MANIFEST)
     return manifest
+
+
+# --- the segment a DICOM Segmentation of these models' masks shows ------------------------------------------
+
+
+def dataset_segment_codes(dataset: str | None) -> SegmentCodes:
+    """The coded concepts of ``dataset``'s lesion segment (its plugin's ``segment``), or the generic default
+    when it declares none or is not installed here."""
+    from dlmi.plugins import get_dataset
+
+    if not dataset:
+        return DEFAULT_SEGMENT_CODES
+    try:
+        source = get_dataset(dataset)
+    except DlmiError:
+        return DEFAULT_SEGMENT_CODES
+    return segment_codes_of(source, f"dataset {dataset!r}")
+
+
+def manifest_segment_codes(folder: str | os.PathLike[str]) -> SegmentCodes | None:
+    """The ``segment`` an export folder's ``export.json`` records (``None``: no such file or key, as in an
+    export by an older dlmi)."""
+    folder = Path(folder)
+    if not (folder / EXPORT_MANIFEST).is_file():
+        return None
+    manifest = _load_manifest(folder)
+    if manifest.get("segment") is not None:
+        return SegmentCodes.from_json(manifest["segment"], str(folder / EXPORT_MANIFEST))
+    for role in (SEGMENTER, CLASSIFIER):
+        entry = manifest.get(role)
+        if isinstance(entry, dict) and isinstance(entry.get("meta"), dict) and entry["meta"].get("dataset"):
+            return dataset_segment_codes(str(entry["meta"]["dataset"]))
+    return None

@@ -38,6 +38,7 @@ from dlmi.export.metadata import (
     SEGMENTER,
     TWO_STAGE,
     build_metadata,
+    dataset_segment_codes,
     set_metadata,
 )
 from dlmi.export.model_card import write_manifest_and_card
@@ -402,4 +403,6 @@ def _manifest(exported: Sequence[Exported], cls: Source | None, seg: Source | No
             e.name: {"kind": e.kind, "precision": e.precision, "sha256": digests[e.name],
                      "parity": e.parity.to_json()} for e in exported
         },
+        # what a DICOM SEG of the masks shows (dlmi predict --dicom-seg): the dataset plugin's segment codes
+        "segment": dataset_segment_codes((seg or with_classes).meta.get("dataset")).to_json(),
     }

@@ -17,6 +17,9 @@ images that were done; an input whose output name is too long for the file syste
 is locked while a run writes into it (:class:`~dlmi.inference.outputs.OutputLock`). An image of one
 constant value (no contrast) is predicted and named on stderr.
 
+With ``dicom_seg`` / ``dicom_sr``, each DICOM input file also gets a DICOM Segmentation / Comprehensive SR
+(:mod:`dlmi.inference.dicom_outputs`), written once all its frames are done.
+
 Three modes, from the models given: ``aided`` (classifier gate + segmenter), ``segmenter`` (masks only) and
 ``classifier`` (a classifier alone: the class and probabilities, no masks).
 """
@@ -37,6 +40,7 @@ from dlmi.dicom import dicom_references, is_dicom_file, read_dicom_grey, read_he
 from dlmi.discovery import ImageListing, scan_images
 from dlmi.errors import DlmiError
 from dlmi.imageio import PIL_SUFFIXES, read_grey
+from dlmi.inference.dicom_outputs import DicomOutputs, check_dicom_options
 from dlmi.inference.outputs import (
     CLASSIFY_MODE,
     OutputLock,
@@ -92,6 +96,8 @@ class PredictSettings:
     threads: int | None = None  # reader and writer threads each (None: min(4, CPU cores) readers, 4 writers)
     num_shards: int | None = None  # shard ``shard_index`` of ``num_shards``: dlmi.inference.shards
     shard_index: int | None = None
+    dicom_seg: bool = False  # a DICOM Segmentation per DICOM input: dlmi.inference.dicom_outputs
+    dicom_sr: bool = False  # a Comprehensive SR of the class and probabilities per DICOM input
 
     def workers(self) -> int:
         """Reader threads: ``threads``, or min(4, CPU cores)."""
@@ -573,6 +579,8 @@ def predict_folder(
     folder, out = Path(folder), Path(out)
     _check(settings, folder, out)
     mode = choose_mode(predictor, settings)
+    check_dicom_options(settings.dicom_seg, settings.dicom_sr, mode,
+                        predictor.info.classes if mode in (AIDED_MODE, CLASSIFY_MODE) else [])
     listing = scan_images(folder, exclude=out, patterns=settings.exclude)
     for earlier in listing.output_folders:
         log(f"left out {folder / earlier}: it holds an earlier dlmi predict output")
@@ -632,6 +640,8 @@ def _predict_locked(folder: Path, out: Path, predictor: Predictor, settings: Pre
     prediction.removed += prediction.progress.remove_stale(out, {u.key: prediction.stem(u) for u in units},
                                                           elsewhere=elsewhere)
     pending = _pending(prediction, units)
+    dicom = DicomOutputs(folder, out, predictor, seg=settings.dicom_seg, sr=settings.dicom_sr, log=log)
+    dicom.forget(pending)
     skipped = len(units) - len(pending)
     if skipped:
         log(f"{skipped} of {len(units)} images already done in {out} (use --overwrite to redo them)")
@@ -680,6 +690,7 @@ def _predict_locked(folder: Path, out: Path, predictor: Predictor, settings: Pre
                 batch = []
                 drain(keep=2 * step)
         drain(keep=0)
+        dicom.write_missing(units, prediction.progress.records, prediction.fail)
     except OutputWriteError as exc:
         for future in writes:
             future.cancel()

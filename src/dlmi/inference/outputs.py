@@ -3,6 +3,10 @@
 Layout of OUT::
 
     masks/<relative path>.png      lesion mask at the image's original size, a 1-bit PNG (0 / 1 = lesion)
+    dicom/<relative path>.dcm      a DICOM input's DICOM Segmentation (``--dicom-seg``; one per file, a
+                                   frame per cine frame: :mod:`dlmi.inference.dicom_outputs`)
+    dicom-sr/<relative path>.dcm   a DICOM input's Comprehensive SR of the class and probabilities
+                                   (``--dicom-sr``)
     overlays/<relative path>.png   the image in grey with the lesion tinted red and outlined (a palette
                                    PNG; not written with ``overlays=False``)
     progress.jsonl                 the settings, then one line per finished image (appended as it finishes)
@@ -55,6 +59,8 @@ from dlmi.errors import DlmiError
 
 MASKS = "masks"
 OVERLAYS = "overlays"
+DICOM_SEG = "dicom"  # one DICOM Segmentation per DICOM input file
+DICOM_SR = "dicom-sr"  # one Comprehensive SR per DICOM input file
 PROGRESS = "progress.jsonl"
 CSV_NAME = "predictions.csv"
 JSON_NAME = "predictions.json"
@@ -237,6 +243,16 @@ def overlay_path(stem: str) -> str:
     return f"{OVERLAYS}/{stem}.png"
 
 
+def dicom_seg_path(file: str) -> str:
+    """Where a DICOM input file's Segmentation goes (one per file, whatever its frames)."""
+    return f"{DICOM_SEG}/{file}.dcm"
+
+
+def dicom_sr_path(file: str) -> str:
+    """Where a DICOM input file's structured report goes."""
+    return f"{DICOM_SR}/{file}.dcm"
+
+
 def name_limit(out: Path) -> int:
     """The longest file name (bytes) the file system under ``out`` allows."""
     try:
@@ -256,10 +272,13 @@ def output_name_problem(out: Path, stem: str, limit: int) -> str | None:
 
 def delete_outputs(out: Path, record: dict[str, Any]) -> bool:
     """Delete a record's mask and overlay (only files under OUT's masks/ and overlays/), and the folders
-    that leaves empty; whether any file was there."""
+    that leaves empty; whether any file was there. A DICOM input's record (one with ``frame``) takes its
+    file's DICOM SEG and SR with it: they hold every frame, so one frame gone makes them stale."""
     found = False
-    for name, sub in (("mask", MASKS), ("overlay", OVERLAYS)):
-        relative = record.get(name)
+    outputs = [(record.get("mask"), MASKS), (record.get("overlay"), OVERLAYS)]
+    if record.get("frame") is not None and isinstance(record.get("file"), str):
+        outputs += [(dicom_seg_path(record["file"]), DICOM_SEG), (dicom_sr_path(record["file"]), DICOM_SR)]
+    for relative, sub in outputs:
         if not isinstance(relative, str):
             continue
         parts = PurePosixPath(relative).parts
@@ -285,7 +304,7 @@ def remove_orphan_temporaries(out: Path, owned: Callable[[Path], bool] | None = 
     writing the others right now."""
     removed = 0
     candidates = [p for p in out.glob(".*.tmp")]
-    for sub in (MASKS, OVERLAYS):
+    for sub in (MASKS, OVERLAYS, DICOM_SEG, DICOM_SR):
         if (out / sub).is_dir():
             candidates += [p for p in (out / sub).rglob(".*.tmp")]
     for path in candidates:

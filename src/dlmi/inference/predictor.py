@@ -52,6 +52,7 @@ class ModelInfo:
     normal_threshold: float | None = None  # an ensemble's gate: P(normal) at least this (None: arg-max)
     min_lesion_pixels: int = 0  # an ensemble's gate: fewer lesion pixels (at the model's size) is normal
     temperature: float = 1.0  # the class head's, applied inside the models (dlmi.runtime.calibration)
+    dataset: str | None = None  # the dataset the models were trained on (the DICOM SEG's segment codes)
 
     @property
     def normal_index(self) -> int | None:
@@ -309,6 +310,7 @@ class TorchPredictor(Predictor):
             normal_threshold=gate_meta.get("normal_threshold"),
             min_lesion_pixels=int(gate_meta.get("min_lesion_pixels") or 0),
             temperature=cls.temperature if cls else 1.0,
+            dataset=(seg or cls).meta.get("dataset") if (seg or cls) else None,
         )
         where = ", ".join(str(p) for p in paths) or "--models"
         _check_modes(self.info, where, aided=aided)

@@ -370,6 +370,9 @@ def predict_with_ray(
     source, out = Path(source), Path(out)
     _check_ray_settings(ray_settings, opener)
     _check(settings, source, out)
+    if settings.dicom_seg or settings.dicom_sr:
+        raise DlmiError("--dicom-seg / --dicom-sr with --engine ray: the DICOM outputs are written by the "
+                        "local engine only; leave out --engine ray")
     if settings.num_shards is not None:
         raise DlmiError("--num-shards with --engine ray: Ray spreads the inputs over its actors itself; "
                         "use one or the other")

@@ -26,6 +26,8 @@ from typing import Any
 from dlmi.errors import DlmiError
 from dlmi.inference.outputs import (
     CSV_NAME,
+    DICOM_SEG,
+    DICOM_SR,
     JSON_NAME,
     LOCK_NAME,
     MASKS,
@@ -181,9 +183,9 @@ def own_temporaries(out: Path, files: Sequence[PurePosixPath], mine: Iterable[Pu
     everyone = set(files)
     owners: dict[tuple[str, str], set[bool]] = defaultdict(set)
     for file in files:
-        for sub in (MASKS, OVERLAYS):
+        for sub, suffix in ((MASKS, ".png"), (OVERLAYS, ".png"), (DICOM_SEG, ".dcm"), (DICOM_SR, ".dcm")):
             folder = PurePosixPath(sub, *file.parent.parts).as_posix()
-            owners[(folder, f"{file.name}.png"[:TMP_NAME_KEEP])].add(file in mine)
+            owners[(folder, f"{file.name}{suffix}"[:TMP_NAME_KEEP])].add(file in mine)
     own_top = {name[:TMP_NAME_KEEP] for name in (names.csv, names.json, names.progress)}
 
     def owned(path: Path) -> bool:
