@@ -66,7 +66,7 @@ def check_encoder_options(model: str, encoder: object, weights: object) -> None:
     if not isinstance(weights, str | os.PathLike):
         raise DlmiError(f"{model}: weights must be 'imagenet' or a state-dict file, got {weights!r}")
     if not Path(weights).is_file():
-        raise DlmiError(f"{model}: weights file {weights} does not exist (give 'imagenet' or a state-dict file)")
+        raise DlmiError(f"{model}: weights file {weights} does not exist (give imagenet or a state-dict file)")
 
 
 def imagenet_url(encoder: str) -> str:
@@ -116,7 +116,8 @@ def _fetch_imagenet(encoder: str, path: Path, download: bool) -> None:
     placed = (f"place {path.name} (from {imagenet_url(encoder)}) in {path.parent} to use it without a "
               "network")
     if not download:
-        raise DlmiError(f"{path}: torchvision's ImageNet weights for {encoder} are not in its cache; {placed}")
+        raise DlmiError(f"{path}: torchvision's ImageNet weights for {encoder} are not in its cache; "
+                        + placed)
     import torch
 
     try:

@@ -76,7 +76,8 @@ class ResNetUNet(nn.Module):
 
         net = getattr(torchvision.models, encoder)(weights=None)
         if state_dict is not None:  # checked by dlmi.models.pretrained; the classifier keys are not used
-            net.load_state_dict({k: v for k, v in state_dict.items() if not k.startswith("fc.")}, strict=False)
+            encoder_state = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+            net.load_state_dict(encoder_state, strict=False)
             net.conv1 = grey_stem(net.conv1, in_channels)
         else:
             net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)

@@ -79,6 +79,6 @@ def dlmi_register_models(register) -> None:
         create_unet_mt,
         task="joint",
         description="Joint U-Net: one encoder, mask decoder + class head (options base_channels=16, "
-                    "dropout=0.3, head=global|lesion; encoder=resnet18|resnet34 weights=imagenet|PATH: a ResNet "
-                    "encoder); its class head gates the mask",
+                    "dropout=0.3, head=global|lesion; encoder=resnet18|resnet34 "
+                    "weights=imagenet|PATH: a ResNet encoder); its class head gates the mask",
     )
