@@ -66,7 +66,7 @@ def check_encoder_options(model: str, encoder: object, weights: object) -> None:
     if not isinstance(weights, str | os.PathLike):
         raise DlmiError(f"{model}: weights must be 'imagenet' or a state-dict file, got {weights!r}")
     if not Path(weights).is_file():
-        raise DlmiError(f"{model}: weights file {weights} does not exist (give imagenet or a state-dict file)")
+        raise DlmiError(f"{model}: weights file {weights} does not exist (give imagenet or a state dict)")
 
 
 def imagenet_url(encoder: str) -> str:
