@@ -53,6 +53,8 @@ LIMITS = (
     "scanners, sites or populations is unknown.",
     "Trained from scratch (no pretrained weights) on a small dataset.",
 )
+PRETRAINED_LIMIT = ("Trained on a small dataset from pretrained weights ({sources}), learnt on natural "
+                    "photographs (ImageNet for `imagenet`), not on medical images.")
 SIZES_LIMIT = ("Images are resized to the sizes seen in training ({sizes}); other fields of view, "
                "resolutions or modalities were not seen.")
 
@@ -272,6 +274,15 @@ def _guarded(read: Any, *args: Any) -> dict[str, Any]:
         return {"status": "unreadable", "reason": str(exc)}
 
 
+def _limits(networks: dict[str, dict[str, Any]]) -> list[str]:
+    """The general limits; the from-scratch one says where the networks started from pretrained weights."""
+    sources = sorted({str(n["pretrained_weights"].get("source")) for n in networks.values()
+                      if n.get("pretrained_weights")})
+    if not sources:
+        return list(LIMITS)
+    return [LIMITS[0], PRETRAINED_LIMIT.format(sources=", ".join(f"`{s}`" for s in sources))]
+
+
 def build_card(manifest: dict[str, Any]) -> dict[str, Any]:
     """The model card's fields (JSON-able), from an export's manifest and the run folders it names."""
     classes = [str(c) for c in manifest.get("classes") or []]
@@ -308,7 +319,7 @@ def build_card(manifest: dict[str, Any]) -> dict[str, Any]:
                                 "calibrated; read them as scores, not as frequencies"},
         "gate": gate_fields(manifest),
         "input": input_fields(manifest),
-        "limits": [*LIMITS, SIZES_LIMIT.format(sizes=", ".join(
+        "limits": [*_limits(networks), SIZES_LIMIT.format(sizes=", ".join(
             f"{role} {n['image_size']} px" for role, n in networks.items()))],
         "files": {name: {"kind": entry.get("kind"), "precision": entry.get("precision"),
                          "sha256": entry.get("sha256")}
