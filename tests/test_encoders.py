@@ -212,3 +212,26 @@ def test_unknown_encoder_on_the_command_line_is_one_line(tmp_path: Path) -> None
     assert isinstance(result.exception, DlmiError), result.output  # printed as one line by dlmi's main
     assert "unknown encoder 'vgg'" in str(result.exception) and "\n" not in str(result.exception)
     assert not (tmp_path / "run").exists()
+
+
+def test_gpu_profile_uses_the_imagenet_encoder_only_when_its_file_is_cached(tmp_path: Path,
+                                                                             monkeypatch) -> None:
+    from dlmi.experiments.best import RECIPES, busi_encoder
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    gpu, cpu = RECIPES["gpu"], RECIPES["cpu"]
+    use, note = busi_encoder(gpu)
+    assert not use and "resnet34-b627a593.pth is not there" in note
+    assert "model_options" not in gpu.busi_settings(use) and gpu.busi_settings(use)["base_channels"] == 64
+
+    cached = pretrained.imagenet_file("resnet34")
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"placed")  # present is what decides; the file is checked when the model is built
+    use, note = busi_encoder(gpu)
+    assert use and "encoder=resnet34 weights=imagenet" in note and str(cached) in note
+    settings = gpu.busi_settings(use)
+    assert settings["model_options"] == {"encoder": "resnet34", "weights": "imagenet"}
+    assert settings["base_channels"] == 16
+
+    assert cpu.encoder is None and busi_encoder(cpu)[0] is False  # the cpu profile is unchanged
+    assert "model_options" not in cpu.busi_settings() and cpu.busi_settings()["base_channels"] == 16
