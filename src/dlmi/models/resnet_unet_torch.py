@@ -15,9 +15,9 @@ normalised with the mean of ImageNet's R, G, B means and of their standard devia
 (:data:`GREY_MEAN`, :data:`GREY_STD`), the grey-image counterpart of the summed RGB stem. It is recorded as
 ``input_normalisation`` (export metadata, model card).
 
-Any input size works: the input is padded (bottom and right, edge replication) to a multiple of 32 and the
-outputs cropped back, with the padding computed from the shape (no branch) so ONNX export keeps dynamic
-sizes. The joint variant returns what ``unet-mt`` returns: ``(seg, class)`` and, with ``deep=True``, the
+Any input size works: the input is padded (bottom and right, edge replication) to a multiple of 32, and to
+at least 64, and the outputs cropped back, with the padding computed from the shape (``torch.sym_max``, no
+branch) so ONNX export keeps dynamic sizes. The joint variant returns what ``unet-mt`` returns: ``(seg, class)`` and, with ``deep=True``, the
 logits of the decoder's 1/8, 1/4 and 1/2 levels for deep supervision.
 """
 
@@ -34,6 +34,7 @@ from dlmi.models.unet_mt_torch import lesion_features
 from dlmi.models.unet_torch import DoubleConv
 
 SIZE_MULTIPLE = 32
+MIN_SIZE = 2 * SIZE_MULTIPLE
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 GREY_MEAN = sum(IMAGENET_MEAN) / 3
@@ -96,10 +97,14 @@ class ResNetUNet(nn.Module):
         self.pretrained_weights: dict[str, str] | None = None  # set by the factory when weights are loaded
 
     def padded(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` normalised, then padded (bottom and right, edge replication) up to a multiple of 32."""
+        """``x`` normalised, then padded (bottom and right, edge replication) up to a multiple of 32 and at
+        least 64, so the 1/32 stage has at least 2×2 values (BatchNorm needs more than one per channel when
+        a training batch holds one image)."""
         height, width = x.shape[-2], x.shape[-1]
         x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
-        return F.pad(x, (0, (-width) % SIZE_MULTIPLE, 0, (-height) % SIZE_MULTIPLE), mode="replicate")
+        full_height = torch.sym_max(height + (-height) % SIZE_MULTIPLE, MIN_SIZE)
+        full_width = torch.sym_max(width + (-width) % SIZE_MULTIPLE, MIN_SIZE)
+        return F.pad(x, (0, full_width - width, 0, full_height - height), mode="replicate")
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The encoder's five stages (1/2 first, the 1/32 bottleneck last) of a padded input."""
