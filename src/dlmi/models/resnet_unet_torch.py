@@ -17,8 +17,9 @@ normalised with the mean of ImageNet's R, G, B means and of their standard devia
 
 Any input size works: the input is padded (bottom and right, edge replication) to a multiple of 32, and to
 at least 64, and the outputs cropped back, with the padding computed from the shape (``torch.sym_max``, no
-branch) so ONNX export keeps dynamic sizes. The joint variant returns what ``unet-mt`` returns: ``(seg, class)`` and, with ``deep=True``, the
-logits of the decoder's 1/8, 1/4 and 1/2 levels for deep supervision.
+branch) so ONNX export keeps dynamic sizes. The joint variant returns what ``unet-mt`` returns:
+``(seg, class)`` and, with ``deep=True``, the logits of the decoder's 1/8, 1/4 and 1/2 levels for deep
+supervision.
 """
 
 from __future__ import annotations

@@ -189,7 +189,7 @@ class TrainConfig:
                                      help="Mask loss on the decoder's coarser outputs too.")
     # Recorded when the run starts, not set by the user: the model's pretrained starting weights (source,
     # file, sha256; dlmi.models.pretrained), or None when it starts from random weights.
-    pretrained_weights: dict[str, str] | None = field(default=None, metadata={"recorded": True})
+    pretrained_weights: dict[str, str] | None = field(default=None, metadata={"recorded": True, "tasks": ()})
 
     def __post_init__(self) -> None:
         for name in PATH_FIELDS:  # config.json holds strings; a Path from train_classifier() is fine too
