@@ -235,3 +235,30 @@ def test_gpu_profile_uses_the_imagenet_encoder_only_when_its_file_is_cached(tmp_
 
     assert cpu.encoder is None and busi_encoder(cpu)[0] is False  # the cpu profile is unchanged
     assert "model_options" not in cpu.busi_settings() and cpu.busi_settings()["base_channels"] == 16
+
+
+@pytest.mark.slow
+def test_encoder_comparison_benchmark_dry_run(tmp_path: Path) -> None:
+    """benchmarks/encoder_comparison.py --dry-run: both models trained on the same folds, out-of-fold
+    numbers with intervals, the weights' sha256 recorded."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "encoder_comparison.py"
+    spec = importlib.util.spec_from_file_location("encoder_comparison", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    path = module.main(["--dry-run", "--threads", "1", "--work", str(tmp_path / "work"),
+                        "--results", str(tmp_path / "results")])
+    result = json.loads((tmp_path / "results" / "encoder-comparison-cpu.json").read_text())
+    assert set(result["models"]) == {"unet-mt", "unet-mt-resnet18"} and result["dry_run"] is True
+    encoder = result["models"]["unet-mt-resnet18"]
+    assert encoder["model_options"]["encoder"] == "resnet18"
+    assert encoder["pretrained_weights"]["sha256"] == file_digest(tmp_path / "work" / "resnet18-random.pth")
+    for model in result["models"].values():
+        accuracy = model["metrics"]["accuracy_3class"]
+        assert accuracy["low"] <= accuracy["value"] <= accuracy["high"] and accuracy["n"] > 0
+        assert model["metrics"]["lesion_dice"]["n"] > 0 and model["epochs"] >= 1
+    assert result["difference"]["accuracy_3class"]["n"] == result["models"]["unet-mt"]["metrics"][
+        "accuracy_3class"]["n"]
+    assert "Paired difference" in path.read_text()
