@@ -60,6 +60,7 @@ from dlmi.errors import DlmiError
 from dlmi.experiments.best import RECIPES
 from dlmi.metrics.bootstrap import BOOTSTRAP_METHOD, scored_mean
 from dlmi.metrics.segmentation import dice
+from dlmi.models.pretrained import load_encoder_weights
 from dlmi.training.config import TrainConfig
 from dlmi.training.folds import MEMBER_CHECKPOINT, out_of_fold, train_folds
 
@@ -224,6 +225,7 @@ def main(argv: list[str] | None = None) -> Path:
         torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
     if not args.dry_run and not args.data_dir.is_dir():
         raise DlmiError(f"{args.data_dir}: no such BUSI folder (--data-dir)")
+    load_encoder_weights("resnet18", weights)  # checked (or fetched) before an hour of training, not after
     base = base_config(args, work)
     split = shared_split(base, args.folds, work / "split.json")
     budget = args.budget_minutes * 60

@@ -69,11 +69,16 @@ def check_encoder_options(model: str, encoder: object, weights: object) -> None:
         raise DlmiError(f"{model}: weights file {weights} does not exist (give imagenet or a state dict)")
 
 
-def imagenet_url(encoder: str) -> str:
-    """torchvision's download address of ``encoder``'s ImageNet weights (IMAGENET1K_V1)."""
+def _imagenet_weights(encoder: str) -> Any:
+    """torchvision's ``IMAGENET1K_V1`` weights entry of ``encoder``."""
     from torchvision.models import ResNet18_Weights, ResNet34_Weights
 
-    return {"resnet18": ResNet18_Weights, "resnet34": ResNet34_Weights}[encoder].IMAGENET1K_V1.url
+    return {"resnet18": ResNet18_Weights, "resnet34": ResNet34_Weights}[encoder].IMAGENET1K_V1
+
+
+def imagenet_url(encoder: str) -> str:
+    """torchvision's download address of ``encoder``'s ImageNet weights (IMAGENET1K_V1)."""
+    return str(_imagenet_weights(encoder).url)
 
 
 def imagenet_file(encoder: str) -> Path:
@@ -118,10 +123,8 @@ def _fetch_imagenet(encoder: str, path: Path, download: bool) -> None:
     if not download:
         raise DlmiError(f"{path}: torchvision's ImageNet weights for {encoder} are not in its cache; "
                         + placed)
-    import torch
-
-    try:
-        torch.hub.load_state_dict_from_url(imagenet_url(encoder), progress=False, check_hash=True)
+    try:  # torchvision's own loader: into torch.hub's cache, checking the hash in the file's name
+        _imagenet_weights(encoder).get_state_dict(progress=False, check_hash=True)
     except Exception as exc:  # no network, a proxy, a partial download: one line
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DlmiError(f"{path}: torchvision could not download the ImageNet weights for {encoder} "
