@@ -50,8 +50,10 @@ def test_lesion_head_reads_the_mask_without_moving_it():
     # The pooled features follow the mask: a mask over the whole image averages each map (with the prior
     # weight of one full-size pixel at 0), a mask over none of it gives about 0.
     maps = [torch.full((1, 4, 128 // s, 128 // s), 2.0) for s in (16, 8, 4, 2)]
-    full = model._lesion_features(torch.full((1, 1, 128, 128), 20.0), maps)
-    none = model._lesion_features(torch.full((1, 1, 128, 128), -20.0), maps)
+    from dlmi.models.unet_mt_torch import lesion_features
+
+    full = lesion_features(torch.full((1, 1, 128, 128), 20.0), maps, model._LESION_SCALES)
+    none = lesion_features(torch.full((1, 1, 128, 128), -20.0), maps, model._LESION_SCALES)
     pixels = 128 * 128
     assert torch.allclose(full[0], torch.full((1, 4), 2.0 * pixels / (pixels + 1)), atol=1e-3)
     assert full[-1].item() > 0.99

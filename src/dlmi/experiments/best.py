@@ -58,10 +58,17 @@ class BestRecipe:
     brain_epochs: int = 80
     brain_folds: int = 5
     brain_lr: float = 1e-3
+    # A ResNet encoder for the BUSI joint models when torchvision's ImageNet file for it is in torchvision's
+    # cache (see busi_encoder); its U-Net decoder then has base encoder_base_channels.
+    encoder: str | None = None
+    encoder_base_channels: int = 16
 
-    def busi_settings(self) -> dict[str, Any]:
+    def busi_settings(self, encoder: bool = False) -> dict[str, Any]:
+        """The BUSI joint models' settings; ``encoder``: on :attr:`encoder` from its ImageNet weights."""
+        options = {"model_options": {"encoder": self.encoder, "weights": "imagenet"}} if encoder else {}
+        base = self.encoder_base_channels if encoder else self.base_channels
         return {"task": "joint", "model": "unet-mt", "loss": "dice-bce", "image_size": self.image_size,
-                "base_channels": self.base_channels, "epochs": self.epochs, "batch_size": self.batch_size,
+                **options, "base_channels": base, "epochs": self.epochs, "batch_size": self.batch_size,
                 "lr": self.lr, "weight_decay": 1e-4, "optimizer": "adamw", "scheduler": "poly",
                 "warmup_epochs": self.warmup_epochs, "ema": self.ema, "augment": True,
                 "augment_recipe": self.augment_recipe, "best_metric": "val_score"}
@@ -76,7 +83,7 @@ class BestRecipe:
 RECIPES: dict[str, BestRecipe] = {
     "cpu": BestRecipe(image_size=128, base_channels=16, epochs=48, batch_size=16, folds=5),
     "gpu": BestRecipe(image_size=512, base_channels=64, epochs=120, batch_size=8, folds=5,
-                      brain_image_size=512, brain_epochs=80),
+                      brain_image_size=512, brain_epochs=80, encoder="resnet34"),
     "tiny": BestRecipe(image_size=32, base_channels=4, epochs=1, batch_size=8, folds=2, warmup_epochs=0,
                        brain_model="seed-cnn", brain_image_size=64, brain_epochs=1, brain_folds=2),
 }
@@ -117,6 +124,23 @@ def _read_loads(out: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def busi_encoder(recipe: BestRecipe) -> tuple[bool, str]:
+    """Whether the BUSI joint models use the recipe's ResNet encoder from ImageNet weights — only when
+    torchvision's file is already in its cache (``torch.hub.get_dir()/checkpoints``) — and a sentence
+    saying which encoder they use and why."""
+    if recipe.encoder is None:
+        return False, "BUSI joint models: the classic U-Net encoder (this profile has no pretrained encoder)"
+    from dlmi.models.pretrained import imagenet_file
+
+    file = imagenet_file(recipe.encoder)
+    if file.is_file():
+        return True, (f"BUSI joint models: encoder={recipe.encoder} weights=imagenet ({file}), decoder base "
+                      f"{recipe.encoder_base_channels}")
+    return False, (f"BUSI joint models: the classic U-Net encoder, base {recipe.base_channels} ({file} is "
+                   f"not there; place torchvision's file there to train on the {recipe.encoder} ImageNet "
+                   "encoder)")
+
+
 def train_best(data_root: Path, profile: Profile, out: Path, *, quiet: bool = True,
                log: Log = print) -> dict[str, Path]:
     """Train (or finish training) both ensembles; returns their folders."""
@@ -125,9 +149,12 @@ def train_best(data_root: Path, profile: Profile, out: Path, *, quiet: bool = Tr
 
     recipe = RECIPES[profile.name]
     common = {"device": profile.device, "seed": profile.seed, "quiet": quiet}
+    use_encoder, encoder_note = busi_encoder(recipe)
+    if recipe.encoder is not None:
+        log(encoder_note)
     folders = {}
     for name, dataset, settings, folds in (
-        (BUSI_BEST, "busi", recipe.busi_settings(), recipe.folds),
+        (BUSI_BEST, "busi", recipe.busi_settings(use_encoder), recipe.folds),
         (BRAIN_BEST, "brain-mri", recipe.brain_settings(), recipe.brain_folds),
     ):
         folder = out / name
@@ -383,7 +410,8 @@ def markdown(result: dict[str, Any], profile: Profile, recipe: BestRecipe, machi
         f"Written by `{head['command']}`; raw numbers in `best-{profile.name}.json`.",
         "",
         f"- **BUSI**: an ensemble of {recipe.folds} `unet-mt` joint models (one per cross-validation fold of "
-        f"the split's train+val images), {recipe.image_size}² grey, base {recipe.base_channels}, "
+        f"the split's train+val images), {recipe.image_size}² grey, "
+        f"{result.get('busi_encoder') or f'base {recipe.base_channels}'}, "
         f"{recipe.epochs} epochs, batch {recipe.batch_size}, AdamW lr {recipe.lr} wd 1e-4, "
         f"{recipe.warmup_epochs} warm-up epochs then poly decay, EMA {recipe.ema}, "
         f"`{recipe.augment_recipe}` augmentation, Dice+BCE with deep supervision + cross-entropy "
@@ -446,6 +474,21 @@ def markdown(result: dict[str, Any], profile: Profile, recipe: BestRecipe, machi
     return "\n".join(lines)
 
 
+def encoder_used(folder: Path) -> str | None:
+    """What the BUSI members trained on, read from a member's config.json: ``None`` for the classic U-Net
+    encoder, else the encoder, the weights' source and their sha256."""
+    configs = sorted(folder.glob("fold-*/config.json"))
+    if not configs:
+        return None
+    config = json.loads(configs[0].read_text(encoding="utf-8"))
+    encoder = (config.get("model_options") or {}).get("encoder")
+    if encoder is None:
+        return None
+    weights = config.get("pretrained_weights") or {}
+    return (f"encoder `{encoder}` from `{weights.get('source', 'random')}` weights (sha256 "
+            f"`{weights.get('sha256', '–')}`), decoder base {config.get('base_channels')}")
+
+
 def run_best(data_root: str | os.PathLike[str], profile_name: str = "cpu",
              out: str | os.PathLike[str] | None = None,
              results: str | os.PathLike[str] = "benchmarks/results", *, quiet: bool = True,
@@ -468,6 +511,7 @@ def run_best(data_root: str | os.PathLike[str], profile_name: str = "cpu",
     result = score_best(folders, data_root, profile, out, resamples=resamples or profile.resamples)
     machine["load_after"] = round(os.getloadavg()[0], 2)
     recipe = RECIPES[profile.name]
+    result["busi_encoder"] = encoder_used(folders[BUSI_BEST])
     results_dir = Path(results)
     results_dir.mkdir(parents=True, exist_ok=True)
     payload = dict(result["headline"])

@@ -16,6 +16,11 @@ Keys (values are plain strings; lists and dicts are JSON):
 - ``preprocessing``: JSON, how to turn an image file into the input tensor
 - ``dlmi_version``; ``classifier_run`` / ``segmenter_run`` and ``classifier_checkpoint`` /
   ``segmenter_checkpoint``: the training run folder and checkpoint each network came from
+- ``classifier_input_normalisation`` / ``segmenter_input_normalisation``: JSON, the normalisation the network
+  applies inside the graph after ``preprocessing`` (an ImageNet encoder's mean and std), or a string saying
+  there is none; the input stays the ``preprocessing`` one either way
+- ``classifier_pretrained_weights`` / ``segmenter_pretrained_weights`` where the network started from
+  pretrained weights: JSON ``{"source", "file", "sha256"}`` (:mod:`dlmi.models.pretrained`)
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ PREPROCESSING = {
     "layout": "N x 1 x H x W (NCHW, one channel)",
 }
 
+# A network without its own normalisation takes the 0-1 values of PREPROCESSING as they are.
+NO_NORMALISATION = "none: the network takes the [0, 1] grey values as they are"
+
 EXPORT_MANIFEST = "export.json"  # what an export folder holds: sources, versions, parity numbers, sha256
 
 CLASSIFIER = "classifier"
@@ -57,6 +65,10 @@ def _source_entries(role: str, meta: dict[str, Any], checkpoint: str | os.PathLi
         f"{role}_dataset": str(meta.get("dataset") or ""),
         f"{role}_run": str(meta.get("run_dir") or ""),
         f"{role}_checkpoint": str(checkpoint),
+        f"{role}_input_normalisation": json.dumps(meta.get("input_normalisation") or NO_NORMALISATION,
+                                                  sort_keys=True),
+        **({f"{role}_pretrained_weights": json.dumps(meta["pretrained_weights"], sort_keys=True)}
+           if meta.get("pretrained_weights") else {}),
     }
 
 

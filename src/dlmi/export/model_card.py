@@ -18,7 +18,14 @@ from typing import Any
 from dlmi.atomic import write_json_atomic, write_text_atomic
 from dlmi.errors import DlmiError
 from dlmi.export.files import file_name
-from dlmi.export.metadata import CLASSIFIER, EXPORT_MANIFEST, PREPROCESSING, SEGMENTER, TWO_STAGE
+from dlmi.export.metadata import (
+    CLASSIFIER,
+    EXPORT_MANIFEST,
+    NO_NORMALISATION,
+    PREPROCESSING,
+    SEGMENTER,
+    TWO_STAGE,
+)
 
 MODEL_CARD = "MODEL_CARD.md"
 MODEL_CARD_KEY = "model_card"
@@ -46,6 +53,8 @@ LIMITS = (
     "scanners, sites or populations is unknown.",
     "Trained from scratch (no pretrained weights) on a small dataset.",
 )
+PRETRAINED_LIMIT = ("Trained on a small dataset from pretrained weights ({sources}), learnt on natural "
+                    "photographs (ImageNet for `imagenet`), not on medical images.")
 SIZES_LIMIT = ("Images are resized to the sizes seen in training ({sizes}); other fields of view, "
                "resolutions or modalities were not seen.")
 
@@ -320,13 +329,24 @@ def _guarded(read: Any, *args: Any) -> dict[str, Any]:
         return {"status": "unreadable", "reason": str(exc)}
 
 
+def _limits(networks: dict[str, dict[str, Any]]) -> list[str]:
+    """The general limits; the from-scratch one says where the networks started from pretrained weights."""
+    sources = sorted({str(n["pretrained_weights"].get("source")) for n in networks.values()
+                      if n.get("pretrained_weights")})
+    if not sources:
+        return list(LIMITS)
+    return [LIMITS[0], PRETRAINED_LIMIT.format(sources=", ".join(f"`{s}`" for s in sources))]
+
+
 def build_card(manifest: dict[str, Any]) -> dict[str, Any]:
     """The model card's fields (JSON-able), from an export's manifest and the run folders it names."""
     classes = [str(c) for c in manifest.get("classes") or []]
     runs = _runs(manifest)
     networks = {role: {"model": entry["meta"].get("model"), "task": entry["meta"].get("task"),
                        "image_size": entry["meta"].get("image_size"), "checkpoint": entry.get("checkpoint"),
-                       "run": entry.get("run_dir"), "members": len(entry.get("members") or []) or None}
+                       "run": entry.get("run_dir"), "members": len(entry.get("members") or []) or None,
+                       "pretrained_weights": entry["meta"].get("pretrained_weights"),
+                       "input_normalisation": entry["meta"].get("input_normalisation")}
                 for role in (CLASSIFIER, SEGMENTER) if isinstance(entry := manifest.get(role), dict)}
     data, metrics = {}, {}
     for role, run in runs.items():
@@ -352,7 +372,7 @@ def build_card(manifest: dict[str, Any]) -> dict[str, Any]:
         "calibration": calibration_fields(manifest, runs),
         "gate": gate_fields(manifest),
         "input": input_fields(manifest),
-        "limits": [*LIMITS, SIZES_LIMIT.format(sizes=", ".join(
+        "limits": [*_limits(networks), SIZES_LIMIT.format(sizes=", ".join(
             f"{role} {n['image_size']} px" for role, n in networks.items()))],
         "files": {name: {"kind": entry.get("kind"), "precision": entry.get("precision"),
                          "sha256": entry.get("sha256")}
@@ -402,11 +422,26 @@ def _metric_lines(role: str, metrics: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _weights(record: dict[str, Any] | None) -> str:
+    """Where a network's starting weights came from (its training started from pretrained ones)."""
+    if not record:
+        return ""
+    return f"; started from pretrained weights `{record.get('source')}` (sha256 `{record.get('sha256')}`)"
+
+
+def _normalisation(found: dict[str, Any] | None) -> str:
+    if not found:
+        return NO_NORMALISATION
+    return (f"{found.get('formula')}, mean {found.get('mean')}, std {found.get('std')} ({found.get('why')}); "
+            f"{found.get('applied')}")
+
+
 def render_card(card: dict[str, Any]) -> str:
     """``MODEL_CARD.md``: the fields of :func:`build_card` as Markdown."""
     networks = [f"- {role}: `{n['model']}` ({n['task']}), {n['image_size']} px"
                 + (f", a fold ensemble of {n['members']}" if n.get("members") else "")
-                + f" — `{n['checkpoint']}`" for role, n in card["networks"].items()]
+                + f" — `{n['checkpoint']}`" + _weights(n.get("pretrained_weights"))
+                for role, n in card["networks"].items()]
     gate = card["gate"]
     inputs = card["input"]
     out = [
@@ -428,6 +463,8 @@ def render_card(card: dict[str, Any]) -> str:
         f"{inputs['layout']}",
         "- sizes: " + ", ".join(f"{role} {size} px" for role, size in inputs["image_sizes"].items()),
         *[f"- {key}: {value}" for key, value in inputs["preprocessing"].items()],
+        *[f"- {role} normalisation: {_normalisation(n.get('input_normalisation'))}"
+          for role, n in card["networks"].items()],
         "- accepted formats (dlmi predict): " + ", ".join(inputs["accepted_formats"]),
         f"- DICOM: {inputs['dicom']}", "",
         "## Known limits", "", *[f"- {limit}" for limit in card["limits"]], "",

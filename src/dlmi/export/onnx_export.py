@@ -110,8 +110,19 @@ def load_source(path: str | os.PathLike[str], task: str) -> Source:
         raise DlmiError(
             f"{trained.checkpoint}: {option} needs a {task} run, this one is a {trained.task} run"
         )
-    return Source(model=trained.model.float().eval(), meta=trained.meta, checkpoint=trained.checkpoint,
+    meta = {**trained.meta, "input_normalisation": input_normalisation(trained.model)}
+    return Source(model=trained.model.float().eval(), meta=meta, checkpoint=trained.checkpoint,
                   training=training_progress(trained))
+
+
+def input_normalisation(model: nn.Module) -> dict[str, Any] | None:
+    """The normalisation a network applies to its 0–1 grey input inside its graph (an ImageNet encoder's,
+    :mod:`dlmi.models.resnet_unet_torch`), or ``None`` where it takes the 0–1 values as they are."""
+    for module in model.modules():
+        found = getattr(module, "input_normalisation", None)
+        if isinstance(found, dict):
+            return dict(found)
+    return None
 
 
 def training_progress(trained: Any) -> dict[str, Any] | None:

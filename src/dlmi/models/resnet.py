@@ -33,7 +33,6 @@ def create_resnet18(num_classes: int, image_size: int | None = None, in_channels
         raise DlmiError(f"resnet18: weights must be none or 'imagenet', got {weights!r}")
     if not 0.0 <= float(dropout) < 1.0:
         raise DlmiError(f"resnet18: dropout must be in [0, 1), got {dropout!r}")
-    import torch
     from torch import nn
     from torchvision.models import ResNet18_Weights, resnet18
 
@@ -42,17 +41,33 @@ def create_resnet18(num_classes: int, image_size: int | None = None, in_channels
             net = resnet18(weights=ResNet18_Weights.IMAGENET1K_V1)
         except Exception as exc:  # no network, a proxy, a broken cache: say which
             raise DlmiError(f"resnet18: could not load torchvision's ImageNet weights ({exc})") from None
-        rgb = net.conv1.weight.detach()
-        stem = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        with torch.no_grad():
-            stem.weight.copy_(rgb.sum(dim=1, keepdim=True).repeat(1, in_channels, 1, 1) / in_channels)
-        net.conv1 = stem
+        net.conv1 = grey_stem(net.conv1, in_channels)
     else:
         net = resnet18(weights=None)
         net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
     head = nn.Linear(net.fc.in_features, num_classes)
     net.fc = nn.Sequential(nn.Dropout(float(dropout)), head) if dropout else head
     return net
+
+
+def grey_stem(rgb_stem: Any, in_channels: int = 1) -> Any:
+    """A copy of a pretrained RGB stem convolution that takes ``in_channels`` grey channels.
+
+    The RGB filters are summed over R, G, B (and spread evenly over ``in_channels``), so a grey image gets
+    the response the RGB network gives to that image replicated on its three channels. Used by ``resnet18``
+    and by the ResNet encoders of ``unet`` / ``unet-mt`` (:mod:`dlmi.models.resnet_unet_torch`).
+    """
+    import torch
+    from torch import nn
+
+    rgb = rgb_stem.weight.detach()
+    stem = nn.Conv2d(in_channels, rgb.shape[0], kernel_size=rgb_stem.kernel_size, stride=rgb_stem.stride,
+                     padding=rgb_stem.padding, bias=rgb_stem.bias is not None)
+    with torch.no_grad():
+        stem.weight.copy_(rgb.sum(dim=1, keepdim=True).repeat(1, in_channels, 1, 1) / in_channels)
+        if rgb_stem.bias is not None:
+            stem.bias.copy_(rgb_stem.bias.detach())
+    return stem
 
 
 @hookimpl

@@ -31,15 +31,45 @@ def _positive_int(name: str, value: object) -> int:
 
 
 def create_unet(
-    in_channels: int = 1, out_channels: int = 1, base_channels: int = 64, bilinear: bool = False
+    in_channels: int = 1, out_channels: int = 1, base_channels: int | None = None, bilinear: bool = False,
+    encoder: str | None = None, weights: str | None = None,
 ) -> UNet:
-    """The classic U-Net (4 down, 4 up, skip connections); any input size, padded inside forward."""
+    """The classic U-Net (4 down, 4 up, skip connections; base 64); any input size, padded inside forward.
+
+    ``encoder="resnet18"`` / ``"resnet34"``: a U-Net decoder (base 16) on torchvision's ResNet instead
+    (:mod:`dlmi.models.resnet_unet_torch`), from ``weights="imagenet"`` or a state-dict file
+    (:mod:`dlmi.models.pretrained`) or random.
+    """
+    from dlmi.models.pretrained import check_encoder_options
+
     _positive_int("in_channels", in_channels)
     _positive_int("out_channels", out_channels)
-    _positive_int("base_channels", base_channels)
+    check_encoder_options("unet", encoder, weights)
+    if encoder is not None:
+        if bilinear:
+            raise DlmiError("unet: bilinear applies to the classic U-Net, not to encoder=" + str(encoder))
+        from dlmi.models.resnet_unet_torch import ResNetUNet
+
+        base = _positive_int("base_channels", 16 if base_channels is None else base_channels)
+        return with_encoder_weights(lambda state: ResNetUNet(encoder, in_channels, out_channels, base, state),
+                                    encoder, weights)
+    base = _positive_int("base_channels", 64 if base_channels is None else base_channels)
     from dlmi.models.unet_torch import UNet
 
-    return UNet(in_channels, out_channels, base_channels, bool(bilinear))
+    return UNet(in_channels, out_channels, base, bool(bilinear))
+
+
+def with_encoder_weights(build: Any, encoder: str, weights: str | None) -> Any:
+    """``build(state_dict)`` with ``encoder``'s checked weights (or ``None``: random), the weights' record
+    kept on the model as ``pretrained_weights`` (training writes it into config.json and the checkpoint)."""
+    if weights is None:
+        return build(None)
+    from dlmi.models.pretrained import load_encoder_weights
+
+    loaded = load_encoder_weights(encoder, weights)
+    model = build(loaded.state_dict)
+    model.pretrained_weights = loaded.record()
+    return model
 
 
 def __getattr__(name: str) -> Any:
@@ -57,5 +87,6 @@ def dlmi_register_models(register) -> None:
         "unet",
         create_unet,
         task="segmentation",
-        description="Classic U-Net (options base_channels=64, bilinear=False); any H×W (padded to ×16)",
+        description="Classic U-Net (options base_channels=64, bilinear=False); any H×W (padded to ×16); "
+                    "encoder=resnet18|resnet34 weights=imagenet|PATH: a ResNet encoder (base 16)",
     )

@@ -40,8 +40,17 @@ def create_unet_mt(
     dropout: float = 0.3,
     head: str = "global",
     image_size: int | None = None,
+    encoder: str | None = None,
+    weights: str | None = None,
 ) -> Any:
-    """A joint U-Net (segmentation + classification head); torch is imported only when one is built."""
+    """A joint U-Net (segmentation + classification head); torch is imported only when one is built.
+
+    ``encoder="resnet18"`` / ``"resnet34"``: on torchvision's ResNet, the class head on its last stage
+    (:class:`dlmi.models.resnet_unet_torch.JointResNetUNet`), from ``weights="imagenet"`` or a state-dict
+    file (:mod:`dlmi.models.pretrained`) or random.
+    """
+    from dlmi.models.pretrained import check_encoder_options
+
     _positive_int("num_classes", num_classes)
     _positive_int("in_channels", in_channels)
     _positive_int("out_channels", out_channels)
@@ -50,6 +59,14 @@ def create_unet_mt(
         raise DlmiError(f"unet-mt: dropout must be in [0, 1), got {dropout!r}")
     if head not in HEADS:
         raise DlmiError(f"unet-mt: head must be one of {', '.join(HEADS)}, got {head!r}")
+    check_encoder_options("unet-mt", encoder, weights)
+    if encoder is not None:
+        from dlmi.models.resnet_unet_torch import JointResNetUNet
+        from dlmi.models.unet import with_encoder_weights
+
+        return with_encoder_weights(
+            lambda state: JointResNetUNet(num_classes, encoder, in_channels, out_channels, base_channels,
+                                          float(dropout), head, state), encoder, weights)
     from dlmi.models.unet_mt_torch import JointUNet
 
     return JointUNet(num_classes, in_channels, out_channels, base_channels, float(dropout), head)
@@ -62,5 +79,6 @@ def dlmi_register_models(register) -> None:
         create_unet_mt,
         task="joint",
         description="Joint U-Net: one encoder, mask decoder + class head (options base_channels=16, "
-                    "dropout=0.3, head=global|lesion); its class head gates the mask",
+                    "dropout=0.3, head=global|lesion; encoder=resnet18|resnet34 "
+                    "weights=imagenet|PATH: a ResNet encoder); its class head gates the mask",
     )

@@ -9,6 +9,19 @@ from dlmi.models.unet_mt import HEADS
 from dlmi.models.unet_torch import UNet
 
 
+def lesion_features(mask_logits: torch.Tensor, maps: list[torch.Tensor],
+                    scales: tuple[int, ...]) -> list[torch.Tensor]:
+    """Each map (downsampled by its scale from the padded input) averaged under the mask probability (about 0
+    where no lesion is seen), and the mask's mean probability: the ``head="lesion"`` features."""
+    weight = torch.sigmoid(mask_logits.detach().float()).to(maps[0].dtype)
+    pooled = []
+    for scale, feature in zip(scales, maps, strict=True):
+        w = nn.functional.avg_pool2d(weight, scale) * (scale * scale)
+        pooled.append((feature * w).sum(dim=(2, 3)) / (w.sum(dim=(2, 3)) + 1.0))
+    pooled.append(weight.mean(dim=(2, 3)))
+    return pooled
+
+
 class JointUNet(UNet):
     """The classic U-Net (its encoder, decoder and padding) plus a class head and deep-supervision outputs
     on the three coarser decoder levels.
@@ -35,16 +48,6 @@ class JointUNet(UNet):
         features = 2 * 16 * c + ((16 + 8 + 4 + 2) * c + 1 if head == "lesion" else 0)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(features, num_classes))
 
-    def _lesion_features(self, mask_logits: torch.Tensor, maps: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Each map averaged under the mask probability (about 0 where no lesion is seen), and its mean."""
-        weight = torch.sigmoid(mask_logits.detach().float()).to(maps[0].dtype)
-        pooled = []
-        for scale, feature in zip(self._LESION_SCALES, maps, strict=True):
-            w = nn.functional.avg_pool2d(weight, scale) * (scale * scale)
-            pooled.append((feature * w).sum(dim=(2, 3)) / (w.sum(dim=(2, 3)) + 1.0))
-        pooled.append(weight.mean(dim=(2, 3)))
-        return pooled
-
     def forward(self, x: torch.Tensor, deep: bool = False):  # noqa: ANN201 - tuple of 2 or 3
         height, width = x.shape[-2], x.shape[-1]
         levels = self.encode(self.padded(x))
@@ -53,7 +56,7 @@ class JointUNet(UNet):
         padded_logits = self.outc(decoded[-1])
         features = [bottleneck.mean(dim=(2, 3)), bottleneck.amax(dim=(2, 3))]
         if self.head_kind == "lesion":
-            features += self._lesion_features(padded_logits, [bottleneck, *decoded[:3]])
+            features += lesion_features(padded_logits, [bottleneck, *decoded[:3]], self._LESION_SCALES)
         class_logits = self.head(torch.cat(features, dim=1))
         seg_logits = padded_logits[..., :height, :width]
         if not deep:

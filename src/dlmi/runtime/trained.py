@@ -98,12 +98,22 @@ def build_meta(
     }
 
 
-def build_model(meta: dict[str, Any]) -> nn.Module:
-    """A fresh (untrained) model of the kind ``meta`` describes, from the registry."""
+# The model option naming a model's starting weights (``resnet18``; the encoders of ``unet`` / ``unet-mt``).
+STARTING_WEIGHTS_OPTION = "weights"
+
+
+def build_model(meta: dict[str, Any], *, starting_weights: bool = True) -> nn.Module:
+    """A fresh (untrained) model of the kind ``meta`` describes, from the registry.
+
+    ``starting_weights=False`` (a model about to receive a checkpoint's weights) leaves out the ``weights``
+    option, so a model trained from pretrained weights loads without their file (or a download).
+    """
     from dlmi.plugins import create_model
 
     task = meta["task"]
     options = dict(meta.get("model_options") or {})
+    if not starting_weights:
+        options.pop(STARTING_WEIGHTS_OPTION, None)
     if task == "classification":
         return create_model(meta["model"], num_classes=int(meta["num_classes"]),
                             image_size=int(meta["image_size"]), **options)
@@ -158,7 +168,7 @@ def load_trained(
     missing = [k for k in ("task", "model", "image_size") if k not in meta]
     if missing:
         raise DlmiError(f"{checkpoint}: checkpoint meta lacks {', '.join(missing)}")
-    model = build_model(meta)
+    model = build_model(meta, starting_weights=False)
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as exc:

@@ -87,6 +87,9 @@ def task_settings(task: str) -> list[dataclasses.Field[Any]]:
     return [f for f in dataclasses.fields(TrainConfig) if task in f.metadata.get("tasks", ())]
 
 
+# Fields that training records rather than the user sets (not options; not compared between fold runs).
+RECORDED_FIELDS = ("pretrained_weights",)
+
 # Settings renamed since a run's config.json may have been written: old name -> today's name.
 RENAMED_SETTINGS = {"class_weight": "class_loss_weight"}
 
@@ -184,6 +187,9 @@ class TrainConfig:
     deep_supervision: bool = setting(True, tasks=(JOINT,),
                                      flags=("--deep-supervision/--no-deep-supervision",),
                                      help="Mask loss on the decoder's coarser outputs too.")
+    # Recorded when the run starts, not set by the user: the model's pretrained starting weights (source,
+    # file, sha256; dlmi.models.pretrained), or None when it starts from random weights.
+    pretrained_weights: dict[str, str] | None = field(default=None, metadata={"recorded": True, "tasks": ()})
 
     def __post_init__(self) -> None:
         for name in PATH_FIELDS:  # config.json holds strings; a Path from train_classifier() is fine too

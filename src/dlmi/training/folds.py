@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 
 from dlmi.atomic import write_json_atomic
 from dlmi.errors import DlmiError
-from dlmi.training.config import CLASSIFICATION, JOINT, TrainConfig
+from dlmi.training.config import CLASSIFICATION, JOINT, RECORDED_FIELDS, TrainConfig
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 NORMAL_THRESHOLDS = (None, 0.3, 0.4, 0.5, 0.6, 0.7)  # None: the arg-max class is normal
@@ -136,7 +136,8 @@ def check_same_member(run: Path, member: TrainConfig) -> None:
     if not stored_path.is_file():
         return
     stored, given = TrainConfig.load(stored_path).to_dict(), member.to_dict()
-    ignored = (*RESUMABLE_OVERRIDES, "out", "split")  # out and split: this fold's, by construction
+    # out and split: this fold's, by construction; recorded fields: what the run found when it started
+    ignored = (*RESUMABLE_OVERRIDES, *RECORDED_FIELDS, "out", "split")
 
     def same(key: str) -> bool:
         a, b = stored.get(key), given.get(key)

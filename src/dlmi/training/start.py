@@ -103,6 +103,7 @@ def _train(config: TrainConfig, context: DistributedContext, device: torch.devic
     check_components(config, len(data.classes), lambda: _build_loss(config, data))
     seed_everything(config.seed, config.deterministic)
     model = _create_model(_make_meta(config, data, run))
+    config = dataclasses.replace(config, pretrained_weights=getattr(model, "pretrained_weights", None))
     if context.is_main:
         from dlmi.splits import save_split
 
@@ -220,7 +221,7 @@ def _progress_mode(config: TrainConfig) -> str:
 
 
 def _make_meta(config: TrainConfig, data: SplitData, run: RunFolder) -> dict[str, Any]:
-    return build_meta(
+    meta = build_meta(
         task=config.task,
         model=str(config.model),
         model_options=config.model_kwargs(),
@@ -231,22 +232,27 @@ def _make_meta(config: TrainConfig, data: SplitData, run: RunFolder) -> dict[str
         dataset=config.dataset,
         run_dir=run.path.resolve(),
     )
+    if config.pretrained_weights:  # where the starting weights came from, for export.json and the card
+        meta["pretrained_weights"] = dict(config.pretrained_weights)
+    return meta
 
 
-def _create_model(meta: dict[str, Any]) -> nn.Module:
-    """The run's fresh model, its outputs checked by one forward at the configured size."""
+def _create_model(meta: dict[str, Any], *, starting_weights: bool = True) -> nn.Module:
+    """The run's fresh model, its outputs checked by one forward at the configured size.
+
+    ``starting_weights=False``: without pretrained starting weights (a resumed run gets its checkpoint's)."""
     from dlmi.plugins import get_plugins
     from dlmi.training.preflight import check_model_outputs
 
-    model = _build_model(meta)
+    model = _build_model(meta, starting_weights)
     check_model_outputs(model, get_plugins().models.get(str(meta["model"])), meta["task"],
                         len(meta["classes"]), int(meta["image_size"]))
     return model
 
 
-def _build_model(meta: dict[str, Any]) -> nn.Module:
+def _build_model(meta: dict[str, Any], starting_weights: bool = True) -> nn.Module:
     try:
-        return build_model(meta)
+        return build_model(meta, starting_weights=starting_weights)
     except DlmiError:
         raise
     except TypeError as exc:
@@ -294,7 +300,8 @@ def build_trainer(config: TrainConfig, run: RunFolder, data: SplitData, gate: Cl
     meta = _make_meta(config, data, run)
     if model is None:
         seed_everything(config.seed, config.deterministic)
-        model = _create_model(meta)
+        # A resumed run takes its weights from last.pt; without one it starts again from the start.
+        model = _create_model(meta, starting_weights=not run.last.is_file())
     steps = _build_steps(config, data, gate, device)
     precision = resolve_precision(config.precision, device)
     generator = torch.Generator().manual_seed(config.seed)

@@ -53,8 +53,9 @@ class JointSteps:
         if not aux:
             return loss
         total, weights = loss * DEEP_WEIGHTS[0], DEEP_WEIGHTS[0]
+        padded = _padded(target, aux[-1])
         for weight, logits in zip(DEEP_WEIGHTS[1:], reversed(aux), strict=False):
-            small = F.adaptive_avg_pool2d(_padded(target), logits.shape[-2:])
+            small = F.adaptive_avg_pool2d(padded, logits.shape[-2:])
             total = total + weight * self.seg_loss(logits.float(), small)
             weights += weight
         return total / weights
@@ -101,7 +102,10 @@ class JointSteps:
         return metrics
 
 
-def _padded(target: torch.Tensor, multiple: int = 16) -> torch.Tensor:
-    """The target padded (edge) as the network pads its input, so area pooling lands on the aux grid."""
+def _padded(target: torch.Tensor, finest_aux: torch.Tensor) -> torch.Tensor:
+    """The target padded (edge) as the network padded its input, so area pooling lands on the aux grid: the
+    finest deep-supervision output is at 1/2 of the padded input (a multiple of 16 for the classic U-Net,
+    of 32 for a ResNet encoder), so the padded size is twice its size."""
     height, width = target.shape[-2:]
-    return F.pad(target, (0, (-width) % multiple, 0, (-height) % multiple), mode="replicate")
+    full_height, full_width = 2 * finest_aux.shape[-2], 2 * finest_aux.shape[-1]
+    return F.pad(target, (0, full_width - width, 0, full_height - height), mode="replicate")
