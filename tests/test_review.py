@@ -91,11 +91,13 @@ def test_predict_review_writes_the_page_with_provenance(predicted):
     assert any("broken.png" in s for s in data["skipped"])
     row = next(r for r in data["rows"] if r["file"] == "benign/benign (1).png")
     assert row["class"] in ("normal", "benign", "malignant") and len(row["probs"]) == 3
+    records = {r["file"]: r for r in json.loads((out / "predictions.json").read_text())["predictions"]}
     # gate margin: P(normal) minus the largest other probability (arg-max rule); positive exactly when gated
     for r in data["rows"]:
         assert r["margin"] == pytest.approx(r["probs"][0] - max(r["probs"][1:]), abs=2e-4)
         assert (r["margin"] > 0) == r["gated"]
-        assert r["uncertainty"] is None and r["dice"] is None  # no calibration columns, no --truth
+        record = records[r["file"]]  # the uncertainty columns as predict wrote them; no --truth, no Dice
+        assert r["uncertainty"] == pytest.approx(record["uncertainty"], abs=1e-4) and r["dice"] is None
 
 
 def test_no_patient_or_study_identifier_reaches_the_page(predicted):
