@@ -11,7 +11,8 @@ Protocol (each step is what the results file states):
    with deep supervision + cross-entropy):
    - ``unet-mt``: today's joint model (classic U-Net encoder, base 16, random start);
    - ``unet-mt-resnet18``: ``--model-option encoder=resnet18 weights=imagenet`` (decoder base 16;
-     ``--weights PATH`` to give a state-dict file instead of torchvision's cached ImageNet file).
+     ``--weights PATH`` to give a state-dict file instead of torchvision's cached ImageNet file, ``--weights
+    none`` for a random start: the like-for-like from-scratch comparison).
 3. Same wall-clock budget per model (``--budget-minutes``, for all its folds together): a pilot trains one
    epoch of fold 0 and is timed (start-up and first-epoch caching included, so the estimate is on the
    high side); the model then gets ``epochs = max(1, floor(budget / (folds × pilot seconds)))`` per fold.
@@ -88,8 +89,10 @@ def base_config(args: argparse.Namespace, work: Path) -> TrainConfig:
 
 
 def model_configs(base: TrainConfig, weights: str) -> dict[str, TrainConfig]:
-    """The two models: the same recipe, the second on the ResNet-18 encoder from ``weights``."""
-    encoder = dataclasses.replace(base, model_options={"encoder": "resnet18", "weights": weights})
+    """The two models: the same recipe, the second on the ResNet-18 encoder from ``weights`` (``none``: a
+    random start, as the first)."""
+    options = {"encoder": "resnet18"} if weights == "none" else {"encoder": "resnet18", "weights": weights}
+    encoder = dataclasses.replace(base, model_options=options)
     return {BASELINE: base, ENCODER: encoder}
 
 
@@ -196,7 +199,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--weights", default="imagenet",
-                        help="the ResNet-18 weights: imagenet (torchvision's cache) or a state-dict file")
+                        help="the ResNet-18 weights: imagenet (torchvision's cache), a state-dict file, or "
+                             "none (from scratch, like unet-mt: the issue's CPU comparison)")
     parser.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=None,
@@ -225,7 +229,8 @@ def main(argv: list[str] | None = None) -> Path:
         torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
     if not args.dry_run and not args.data_dir.is_dir():
         raise DlmiError(f"{args.data_dir}: no such BUSI folder (--data-dir)")
-    load_encoder_weights("resnet18", weights)  # checked (or fetched) before an hour of training, not after
+    if weights != "none":
+        load_encoder_weights("resnet18", weights)  # checked (or fetched) before hours of training
     base = base_config(args, work)
     split = shared_split(base, args.folds, work / "split.json")
     budget = args.budget_minutes * 60
